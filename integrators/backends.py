@@ -1,0 +1,134 @@
+"""Backends: where the arrays live and which kernel evaluates a model.
+
+* ``numpy`` -- the array-API reference implementation of each model, on numpy.
+* ``numba`` -- numpy arrays, the model's compiled Numba kernels
+  (``model.numba_drift`` / ``model.numba_diffusion``), parallel over batch and particles.
+* ``torch`` -- torch tensors on any device (``device="cuda"`` for GPUs), the same
+  reference implementation evaluated by torch.
+
+A backend never changes the mathematics: tests/test_backends.py checks that all
+three give the same trajectories.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from particles.validation import ParameterError
+
+__all__ = ["Backend", "NumpyBackend", "NumbaBackend", "TorchBackend", "get_backend", "BACKENDS", "DTYPES"]
+
+DTYPES = {"float64": np.float64, "float32": np.float32}
+
+
+def _check_dtype(dtype: str) -> str:
+    if dtype not in DTYPES:
+        raise ParameterError("dtype", f"unknown dtype {dtype!r}; choose float64 (default) or float32")
+    return dtype
+
+
+@dataclass(frozen=True)
+class NumpyBackend:
+    dtype: str = "float64"
+    name: str = "numpy"
+
+    @property
+    def device(self) -> str:
+        return "cpu"
+
+    def asarray(self, x):
+        return np.asarray(x, dtype=DTYPES[self.dtype])
+
+    def to_numpy(self, x) -> np.ndarray:
+        return np.asarray(x)
+
+    def drift(self, model):
+        return model.drift
+
+    def diffusion(self, model):
+        return model.diffusion
+
+    def synchronize(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class NumbaBackend(NumpyBackend):
+    name: str = "numba"
+
+    def drift(self, model):
+        fn = getattr(model, "numba_drift", None)
+        if fn is None:
+            raise ParameterError("backend", f"{type(model).__name__} has no numba kernel; use backend='numpy' or 'torch'")
+        return fn
+
+    def diffusion(self, model):
+        return getattr(model, "numba_diffusion", None) or model.diffusion
+
+
+@dataclass(frozen=True)
+class TorchBackend:
+    dtype: str = "float64"
+    device: str = "cpu"
+    name: str = "torch"
+
+    def __post_init__(self):
+        import torch
+
+        try:
+            dev = torch.device(self.device)
+        except (RuntimeError, TypeError) as exc:
+            raise ParameterError("device", f"{self.device!r} is not a torch device ({exc})") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ParameterError("device", "CUDA was asked for but torch.cuda.is_available() is False")
+
+    @property
+    def _torch_dtype(self):
+        import torch
+
+        return {"float64": torch.float64, "float32": torch.float32}[self.dtype]
+
+    def asarray(self, x):
+        import torch
+
+        if isinstance(x, torch.Tensor):
+            return x.to(dtype=self._torch_dtype, device=self.device)
+        return torch.as_tensor(np.asarray(x), dtype=self._torch_dtype, device=self.device)
+
+    def to_numpy(self, x) -> np.ndarray:
+        return x.detach().cpu().numpy()
+
+    def drift(self, model):
+        return model.drift
+
+    def diffusion(self, model):
+        return model.diffusion
+
+    def synchronize(self) -> None:
+        import torch
+
+        if torch.device(self.device).type == "cuda":
+            torch.cuda.synchronize()
+
+
+BACKENDS = ("numpy", "numba", "torch")
+
+
+def get_backend(backend, dtype: str = "float64", device: str | None = None):
+    """Build a backend from its name (``numpy``, ``numba``, ``torch``) or pass one through."""
+    if not isinstance(backend, str):
+        return backend
+    _check_dtype(dtype)
+    if backend == "numpy":
+        if device not in (None, "cpu"):
+            raise ParameterError("device", "the numpy backend runs on the CPU only; use backend='torch'")
+        return NumpyBackend(dtype)
+    if backend == "numba":
+        if device not in (None, "cpu"):
+            raise ParameterError("device", "the numba backend runs on the CPU only; use backend='torch'")
+        return NumbaBackend(dtype)
+    if backend == "torch":
+        return TorchBackend(dtype, device or "cpu")
+    raise ParameterError("backend", f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")

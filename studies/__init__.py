@@ -1,0 +1,1 @@
+"""What we learn: simulations, sweeps, the HDF5 store, figures, CLI and benchmarks."""
