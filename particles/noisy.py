@@ -3,7 +3,13 @@
     dX_i = X[mu](X_i) dt + sqrt(2/kappa) P_{X_i} o dB_i       (Stratonovich)
          = (X[mu](X_i) - ((d-1)/kappa) X_i) dt + sqrt(2/kappa) P_{X_i} dB_i   (Ito)
 
-At beta = 0 the uniform law is the unique stationary state for kappa <= 2.
+At beta = 0 the drift is P_x m (m the empirical mean) and the mean-field
+stationary law is proportional to exp(kappa <x, m>); the order parameter
+r = |m| solves r = A_d(kappa r) with A_d(s) = I_{d/2}(s)/I_{d/2-1}(s), whose
+slope at 0 is kappa/d. So the uniform law is the unique stationary state for
+kappa <= d: on the circle (d = 2) the pitchfork sits at kappa = 2 (the value
+MF quotes), on S^2 at kappa = 3. tests/test_noisy_flow.py checks r against
+the self-consistency root.
 
 References
 ----------
