@@ -17,6 +17,8 @@ from particles.validation import check_positive, check_positive_int
 
 __all__ = ["BrownianIncrements"]
 
+_TAG = 0x4257  # "BW": the Brownian stream's spawn-key prefix
+
 
 @dataclass(frozen=True)
 class BrownianIncrements:
@@ -26,7 +28,10 @@ class BrownianIncrements:
     ----------
     shape : shape of one increment (the model's noise shape, batch included).
     dt : step of the fine grid.
-    seed : root seed (int); increment k uses ``SeedSequence([seed, k])``.
+    seed : root seed (int); increment k uses ``SeedSequence(seed, spawn_key=(TAG, k))``.
+        The tag keeps the noise independent of anything else seeded with the
+        same integer (``SeedSequence(s)`` and ``SeedSequence([s, 0])`` coincide,
+        so a plain ``[seed, k]`` key would reproduce ``default_rng(seed)`` at k = 0).
     factor : coarsening factor; increment k of this object sums fine increments
         ``k*factor .. (k+1)*factor - 1`` and has variance ``factor*dt``.
     dtype : numpy dtype of the increments.
@@ -50,7 +55,7 @@ class BrownianIncrements:
         return self.dt * self.factor
 
     def fine(self, k: int) -> np.ndarray:
-        rng = np.random.default_rng(np.random.SeedSequence([int(self.seed), int(k)]))
+        rng = np.random.default_rng(np.random.SeedSequence(int(self.seed), spawn_key=(_TAG, int(k))))
         return rng.standard_normal(self.shape) * np.sqrt(self.dt)
 
     def __call__(self, k: int) -> np.ndarray:

@@ -1,0 +1,110 @@
+"""Text summary of one stored run (``attnflow info``)."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+
+__all__ = ["format_run"]
+
+_SHOWN = {
+    "attnflow_format", "model", "params_json", "seed", "integrator", "dt", "backend", "dtype", "device",
+    "package_version", "git_commit", "created", "completed", "status", "state", "writer_pid", "writer_host",
+    "n_steps", "n_rejected", "wall_time_s", "n_saved", "n_exited",
+}  # fmt: skip
+
+
+def _short(v, width: int = 60) -> str:
+    if isinstance(v, bytes):
+        v = v.decode()
+    if isinstance(v, np.ndarray):
+        s = f"array{v.shape}" if v.size > 8 else np.array2string(v, precision=4, separator=",")
+    elif isinstance(v, (list, dict)):
+        s = json.dumps(v)
+        if len(s) > width:
+            s = f"array{np.shape(v)}" if isinstance(v, list) else s[: width - 3] + "..."
+    elif isinstance(v, (float, np.floating)):
+        s = f"{float(v):.6g}"
+    else:
+        s = str(v.item() if isinstance(v, np.generic) else v)
+    return s if len(s) <= width else s[: width - 3] + "..."
+
+
+def _describe_params(attrs) -> str:
+    try:
+        params = json.loads(attrs["params_json"])
+    except (KeyError, ValueError):
+        return ""
+    return ", ".join(f"{k}={_short(v, 30)}" for k, v in params.items() if k != "model")
+
+
+def _stat_line(v: np.ndarray) -> str:
+    v = np.asarray(v, dtype=float)
+    if v.size == 1:
+        return f"{v.item():.6g}"
+    return f"mean {np.nanmean(v):.6g}  [min {np.nanmin(v):.6g}, max {np.nanmax(v):.6g}]"
+
+
+def format_run(filename: str, g: h5py.Group) -> str:
+    a = {k: v for k, v in g.attrs.items()}
+    lines = [f"{filename}:{g.name}   status: {_short(a.get('status', 'unknown'), 200)}"]
+    lines.append(f"  model       {_short(a.get('model'))}  ({_describe_params(a)})")
+    lines.append(
+        f"  integrator  {_short(a.get('integrator'))}  "
+        + "  ".join(f"{k}={_short(a[k])}" for k in ("dt", "backend", "dtype", "device", "seed") if k in a)
+    )
+    t = g["t"][()] if "t" in g else np.empty(0)
+    saves = f"{len(t)} saves" + (f" (t = {t[0]:.6g} ... {t[-1]:.6g})" if len(t) else "")
+    if "n_steps" in a:
+        wall = f" in {float(a['wall_time_s']):.3g} s" if "wall_time_s" in a else ""
+        rej = f", {int(a['n_rejected'])} rejected" if int(a.get("n_rejected", 0)) else ""
+        ex = f", {int(a['n_exited'])} paths exited" if int(a.get("n_exited", 0)) else ""
+        lines.append(f"  steps       {int(a['n_steps'])}{wall}{rej}{ex}; {saves}")
+    else:
+        lines.append(f"  steps       (not recorded); {saves}")
+    lines.append(
+        f"  written     {_short(a.get('created'))} by attnflow {_short(a.get('package_version'))}"
+        f" (git {_short(a.get('git_commit'))[:12]})"
+        + (f", finished {_short(a['completed'])}" if "completed" in a else "")
+    )
+    other = {k: v for k, v in a.items() if k not in _SHOWN and k not in json.loads(a.get("params_json", "{}"))}
+    if other:
+        lines.append("  attributes  " + "  ".join(f"{k}={_short(v, 40)}" for k, v in other.items()))
+    state = _short(a.get("state", "x"))
+    data = sorted(
+        (k for k, ds in g.items() if isinstance(ds, h5py.Dataset) and not ds.is_scale),
+        key=lambda k: (k != state, k),
+    )
+    scales = [k for k, ds in g.items() if isinstance(ds, h5py.Dataset) and ds.is_scale and k != "t"]
+    lines.append("  datasets")
+    width = max([len(k) for k in data] + [4])
+    for name in ["t", *data] if "t" in g else data:
+        ds = g[name]
+        dims = tuple(d[0].name.rsplit("/", 1)[-1] if len(d) else "?" for d in ds.dims)
+        extra = "" if name == "t" else f"  dims ({', '.join(dims)})"
+        if ds.chunks and name != "t":
+            extra += f"  chunks {ds.chunks}"
+        if ds.compression:
+            extra += f"  {ds.compression}"
+        lines.append(f"    {name:<{width}}  {str(ds.shape):<18} {ds.dtype}{extra}")
+    if scales:
+        lines.append("  dimensions  " + "  ".join(f"{k}={g[k].shape[0]}" for k in scales))
+    n = len(t)
+    obs = [
+        name
+        for name, ds in g.items()
+        if isinstance(ds, h5py.Dataset) and not ds.is_scale and name not in ("t", state) and ds.shape[0] >= n > 0
+    ]
+    if obs:
+        batch = g[obs[0]].shape[1] if g[obs[0]].ndim > 1 else 1
+        lines.append(f"  final values (t = {t[-1]:.6g}, over {batch} system{'s' if batch != 1 else ''})")
+        w = max(len(o) for o in obs)
+        for name in obs:
+            ds = g[name]
+            if ds.ndim > 2:
+                lines.append(f"    {name:<{w}}  ({int(np.prod(ds.shape[2:]))} values per system)")
+            else:
+                lines.append(f"    {name:<{w}}  {_stat_line(ds[n - 1])}")
+    return "\n".join(lines)
