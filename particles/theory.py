@@ -2,7 +2,7 @@
 
 Closed forms and heuristics that tests and studies compare simulations with.
 The equiangular ODE (GLPR Thm 6.8) and the two-cluster ODE and merge time live
-in :mod:`studies.flow_theory`; this module adds what is derived here:
+in :mod:`particles.flow_theory`; this module adds what is derived here:
 
 * mean field on the circle, linearised at the uniform law: the Fourier mode
   e^{ik theta} of the density grows at the rate
@@ -132,7 +132,7 @@ def two_cluster_merge_time_asymptotic(beta: float, m1: int, m2: int, rho0: float
     """Large-beta merge time of two point clusters (SA), with its first correction.
 
     Laplace's method on T = int_{rho0} d rho / rho'(rho) of the two-cluster ODE
-    (:func:`studies.flow_theory.two_cluster_rhs`): for e^{beta(1-rho)} >> 1,
+    (:func:`particles.flow_theory.two_cluster_rhs`): for e^{beta(1-rho)} >> 1,
     1/rho' = e^{beta(1-rho)} g(rho), g = 1/((1-rho^2)(m1/m2 + m2/m1)), so
 
         T = e^{beta(1-rho0)} g(rho0)/beta * (1 + 2 rho0 / ((1 - rho0^2) beta) + O(beta^-2)),

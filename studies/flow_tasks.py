@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .flow_theory import equiangular_hitting_time, equiangular_solution, two_cluster_merge_time
+from particles.flow_theory import equiangular_hitting_time, equiangular_solution, two_cluster_merge_time
 from .sweep.worker import ProgressWriter
 from .tasks import register_task
 

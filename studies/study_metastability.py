@@ -30,7 +30,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .flow_theory import two_cluster_merge_time
+from particles.flow_theory import two_cluster_merge_time
 from .study_common import study_main, study_spec, sweep_and_merge
 from .sweep import load_study
 

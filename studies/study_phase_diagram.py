@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .flow_theory import equiangular_hitting_time
+from particles.flow_theory import equiangular_hitting_time
 from .study_common import study_main, study_spec, sweep_and_merge
 from .sweep import load_study
 

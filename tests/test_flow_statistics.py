@@ -20,7 +20,7 @@ References: GLPR = arXiv:2312.10794; META = arXiv:2410.06833.
 
 import numpy as np
 import pytest
-from scipy.integrate import quad, solve_ivp
+from scipy.integrate import solve_ivp
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -33,7 +33,7 @@ from particles.theory import (
     two_cluster_energy,
     two_cluster_merge_time_asymptotic,
 )
-from studies.flow_theory import equiangular_solution, two_cluster_merge_time, two_cluster_rhs
+from particles.flow_theory import equiangular_solution, log_two_cluster_merge_time, two_cluster_merge_time, two_cluster_rhs
 from tests.exact import pair_with_inner_product
 
 
@@ -86,19 +86,12 @@ def test_two_cluster_merge_climbs_one_stair():
     assert t_merge == pytest.approx(two_cluster_merge_time_asymptotic(beta, m1, m2, rho0), rel=0.1)
 
 
-def _log_merge_time(beta: float, m1: int, m2: int, rho0: float, level: float = 0.99) -> float:
-    """log T, T = int_{rho0}^{level} d rho / rho'(rho), by quadrature (no overflow at large beta).
-
-    1/rho' = e^{beta(1-r)} h(r), h = 1/((1-r^2)[m2/(m1 + m2 e) + m1/(m2 + m1 e)]),
-    e = e^{-beta(1-r)}; so T = e^{beta(1-rho0)} int e^{-beta(r-rho0)} h(r) dr.
-    """
-
-    def h(r):
-        e = np.exp(-beta * (1.0 - r))
-        return 1.0 / ((1.0 - r**2) * (m2 / (m1 + m2 * e) + m1 / (m2 + m1 * e)))
-
-    val = quad(lambda r: np.exp(-beta * (r - rho0)) * h(r), rho0, level, limit=200, epsabs=0.0, epsrel=1e-11)[0]
-    return beta * (1.0 - rho0) + np.log(val)
+def _ode_merge_time(beta, m1, m2, rho0, level=0.99):
+    """Independent oracle: event-located ODE solve (fine at moderate beta)."""
+    ev = lambda _, y: y[0] - level  # noqa: E731
+    ev.terminal = True
+    sol = solve_ivp(lambda _, y: two_cluster_rhs(y, beta, m1, m2), (0, 1e9), [rho0], events=ev, rtol=1e-11, atol=1e-13, method="LSODA")
+    return sol.t_events[0][0]
 
 
 @pytest.mark.parametrize("rho0", [-0.3, 0.0, 0.5])
@@ -111,9 +104,9 @@ def test_merge_time_log_linear_in_beta(rho0):
     """
     m1, m2 = 2, 3
     betas = np.linspace(10.0, 30.0, 9)
-    logT = np.array([_log_merge_time(b, m1, m2, rho0) for b in betas])
-    # the quadrature agrees with the ODE hitting time where that one is cheap
-    assert np.exp(logT[0]) == pytest.approx(two_cluster_merge_time(betas[0], m1, m2, rho0), rel=1e-6)
+    logT = np.array([log_two_cluster_merge_time(b, m1, m2, rho0) for b in betas])
+    # the quadrature agrees with an event-located ODE solve where that one is cheap
+    assert np.exp(logT[0]) == pytest.approx(_ode_merge_time(betas[0], m1, m2, rho0), rel=1e-6)
     slope_raw = np.polyfit(betas, logT, 1)[0]
     slope = np.polyfit(betas, logT + np.log(betas), 1)[0]
     assert abs(slope / (1 - rho0) - 1) < 0.03

@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from studies.flow_theory import (
+from particles.flow_theory import (
     equiangular_hitting_time,
     equiangular_rhs,
     equiangular_solution,

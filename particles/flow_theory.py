@@ -29,9 +29,18 @@ from __future__ import annotations
 import numpy as np
 from scipy.integrate import solve_ivp
 
-from particles.validation import check_in_range, check_nonnegative, check_positive, check_positive_int
+from .validation import check_in_range, check_nonnegative, check_positive_int
 
-__all__ = ["equiangular_rhs", "equiangular_solution", "equiangular_hitting_time", "two_cluster_rhs", "two_cluster_merge_time"]
+from scipy.integrate import quad
+
+__all__ = [
+    "equiangular_rhs",
+    "equiangular_solution",
+    "equiangular_hitting_time",
+    "two_cluster_rhs",
+    "two_cluster_merge_time",
+    "log_two_cluster_merge_time",
+]
 
 
 def equiangular_rhs(g, beta: float, n: int):
@@ -56,25 +65,36 @@ def equiangular_solution(t, beta: float, n: int, g0: float = 0.0) -> np.ndarray:
     return out
 
 
-def _hitting_time(rhs, y0: float, level: float, t_max: float) -> float:
+def _log_passage_time(log_inv_rate, y0: float, level: float) -> float:
+    """log of T = int_{y0}^{level} dy / y'(y) by adaptive quadrature.
+
+    ``log_inv_rate(y)`` returns log(1/y'); the integrand is rescaled by its
+    value at y0 so that exp(beta ...) factors never overflow, which an
+    event-located ODE solve does at large beta.
+    """
     if y0 >= level:
-        return 0.0
-
-    def event(_, y):
-        return y[0] - level
-
-    event.terminal = True
-    event.direction = 1
-    sol = solve_ivp(lambda _, y: rhs(y), (0.0, t_max), [y0], events=event, rtol=1e-10, atol=1e-13, method="LSODA")
-    return float(sol.t_events[0][0]) if sol.t_events[0].size else float("inf")
+        return -np.inf
+    ref = float(log_inv_rate(y0))
+    if not np.isfinite(ref):
+        return np.inf
+    val = quad(lambda y: np.exp(log_inv_rate(y) - ref), y0, level, limit=400, epsabs=0.0, epsrel=1e-11)[0]
+    return ref + float(np.log(val))
 
 
-def equiangular_hitting_time(beta: float, n: int, delta: float = 1e-3, g0: float = 0.0, t_max: float = 1e12) -> float:
-    """First t with g(t) = 1 - delta (inf if beyond ``t_max``): the phase-diagram boundary."""
+def equiangular_hitting_time(beta: float, n: int, delta: float = 1e-3, g0: float = 0.0) -> float:
+    """First t with g(t) = 1 - delta: the phase-diagram boundary (inf from the regular simplex).
+
+    T = int_{g0}^{1-delta} (e^{beta(1-g)} + n - 1) / (2 (1-g)((n-1) g + 1)) dg.
+    """
     check_nonnegative("beta", beta)
     check_positive_int("n", n, minimum=2)
     check_in_range("delta", delta, 0.0, 1.0, lo_open=True, hi_open=True)
-    return _hitting_time(lambda y: equiangular_rhs(y, beta, n), g0, 1.0 - delta, t_max)
+    check_in_range("g0", g0, -1.0 / (n - 1), 1.0)
+
+    def log_inv_rate(g):
+        return np.logaddexp(beta * (1.0 - g), np.log(n - 1)) - np.log(2.0 * (1.0 - g) * ((n - 1) * g + 1.0))
+
+    return float(np.exp(_log_passage_time(log_inv_rate, g0, 1.0 - delta)))
 
 
 def two_cluster_rhs(rho, beta: float, m1: int, m2: int):
@@ -84,12 +104,25 @@ def two_cluster_rhs(rho, beta: float, m1: int, m2: int):
     return (1.0 - rho**2) * (m2 / (m1 * e + m2) + m1 / (m2 * e + m1))
 
 
-def two_cluster_merge_time(beta: float, m1: int, m2: int, rho0: float, level: float = 0.99, t_max: float = 1e12) -> float:
-    """Time for the centres' inner product to go from ``rho0`` to ``level`` (inf if beyond ``t_max``)."""
+def log_two_cluster_merge_time(beta: float, m1: int, m2: int, rho0: float, level: float = 0.99) -> float:
+    """log of the time for the centres' inner product to go from ``rho0`` to ``level``.
+
+    1/rho' = e^{beta(1-r)} / ((1-r^2)[m2/(m1 + m2 e) + m1/(m2 + m1 e)]) with
+    e = e^{-beta(1-r)}, integrated by quadrature in log space: finite for any beta.
+    """
     check_nonnegative("beta", beta)
     check_positive_int("m1", m1)
     check_positive_int("m2", m2)
     check_in_range("rho0", rho0, -1.0, 1.0, lo_open=True, hi_open=True)
     check_in_range("level", level, -1.0, 1.0, lo_open=True, hi_open=True)
-    check_positive("t_max", t_max)
-    return _hitting_time(lambda y: two_cluster_rhs(y, beta, m1, m2), rho0, level, t_max)
+
+    def log_inv_rate(r):
+        e = np.exp(-beta * (1.0 - r))
+        return beta * (1.0 - r) - np.log((1.0 - r**2) * (m2 / (m1 + m2 * e) + m1 / (m2 + m1 * e)))
+
+    return _log_passage_time(log_inv_rate, rho0, level)
+
+
+def two_cluster_merge_time(beta: float, m1: int, m2: int, rho0: float, level: float = 0.99) -> float:
+    """Time for the centres' inner product to go from ``rho0`` to ``level`` (may be inf in float64)."""
+    return float(np.exp(log_two_cluster_merge_time(beta, m1, m2, rho0, level)))
