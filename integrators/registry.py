@@ -91,3 +91,17 @@ register(
         description="stochastic Heun (Stratonovich); strong order 0.5 for non-commutative noise, 1 for commutative",
     )
 )
+
+from . import matrix_steppers as _ms  # noqa: E402  (SDEs on symmetric PSD matrices)
+
+register(
+    Stepper(
+        "psd-euler-maruyama",
+        _ms.psd_euler_maruyama_step,
+        0.5,
+        "sde",
+        calculus="ito",
+        description="Euler-Maruyama projected onto the PSD cone (symmetric matrices only; "
+        "order measured on particles.covariance.convergence_problem())",
+    )
+)

@@ -24,6 +24,7 @@ STUDIES: dict[str, tuple[str, str]] = {
     "metastability": ("studies.study_metastability", "full"),
     "collapse": ("studies.study_collapse", "full"),
     "high-dim": ("studies.study_high_dim", "full"),
+    "cov": ("studies.cov_study", "full"),
 }
 
 

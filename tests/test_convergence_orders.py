@@ -15,6 +15,7 @@ import pytest
 
 from integrators import STEPPERS, BrownianIncrements, solve
 from particles import SelfAttention, uniform_sphere
+from particles.covariance.problems import strong_order_slope as cov_strong_order_slope
 
 TOL = 0.2  # allowed |measured slope - declared order|
 
@@ -71,7 +72,7 @@ def _measure(stepper):
 
 
 #: name -> fn(stepper) -> (slope, errors) for steppers whose state space is not the sphere.
-PROBLEMS: dict = {}
+PROBLEMS: dict = {"psd-euler-maruyama": cov_strong_order_slope}
 
 
 @pytest.mark.parametrize("name", sorted(STEPPERS))

@@ -1,0 +1,201 @@
+"""Drift and diffusion terms of the covariance SDEs: one array-API implementation (numpy or torch).
+
+Notation of MODELS.md section 2: V is a (batch, m, m) covariance, P = I - (1/m) 1 1^T,
+PVP the token-centred V, d_nu = (PVP)^{nu nu} - tr(PVP)/m, Q = V P V P V and
+Sigma_lin(V)^{ab,cd} = V^{ac} V^{bd} + V^{ad} V^{bc}.
+
+    b_SA^{ab}   = tau0^{-2} [ m^{-2} tr(PVPV) V^{ab}
+                  + (2m)^{-1} ( V^{aa} sum_nu d_nu V^{nu b} + V^{bb} sum_nu d_nu V^{nu a} ) ]
+    b_ReLU^{ab} = nu(rho^{ab}) sqrt(V^{aa} V^{bb}),
+    nu(rho)     = ((c_+ - c_-)^2 / (2 pi)) [ sqrt(1 - rho^2) - rho arccos(rho) ]
+    Sigma_SA^{ab,cd} = tau0^{-2} m^{-2} [ V^{ac} Q^{bd} + V^{ad} Q^{bc} + V^{bc} Q^{ad} + V^{bd} Q^{ac} ]
+
+The diffusion is never formed as an m^2 x m^2 matrix: with L L^T = V and standard Brownian
+matrices W1, W2,
+
+    sqrt(k/2) (L dW1 L^T + L dW1^T L^T)          has covariance k Sigma_lin dt,
+    (sqrt(k_SA) / (tau0 m)) (E V + V E^T), E = L dW2 L^T P,   has covariance k_SA Sigma_SA dt,
+
+so one increment costs O(m^3). The explicit tensors (:func:`sigma_lin_tensor`,
+:func:`sigma_sa_tensor`) exist for tests only.
+
+References
+----------
+Noci et al., "The Shaped Transformer", arXiv:2306.17759, section 4 (shaped-attention covariance SDE).
+Li, Nica, Roy, "The neural covariance SDE", arXiv:2206.02768, section 3 (shaped ReLU, nu(rho)).
+The constants were derived from the finite networks of MODELS.md section 2 and checked against
+them by the one-step moment test (tests/test_cov_one_step.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from integrators.ops import is_torch, namespace
+
+__all__ = [
+    "b_relu",
+    "b_sa",
+    "centre",
+    "correlation",
+    "lin_noise",
+    "nu",
+    "psd_factor",
+    "sa_noise",
+    "sigma_lin_tensor",
+    "sigma_sa_tensor",
+]
+
+
+def _diag(V):
+    if is_torch(V):
+        return V.diagonal(dim1=-2, dim2=-1)
+    return np.diagonal(V, axis1=-2, axis2=-1)
+
+
+def _arccos(x):
+    return x.arccos() if is_torch(x) else np.arccos(x)
+
+
+def _clip(x, lo, hi):
+    return x.clamp(lo, hi) if is_torch(x) else np.clip(x, lo, hi)
+
+
+def centre(V):
+    """P V P: subtract row and column means (token centring), shape (..., m, m)."""
+    xp = namespace(V)
+    m = V.shape[-1]
+    row = xp.sum(V, axis=-1, keepdims=True) / m
+    col = xp.sum(V, axis=-2, keepdims=True) / m
+    return V - row - col + xp.sum(row, axis=-2, keepdims=True) / m
+
+
+def b_sa(V, tau0: float):
+    """Shaped-attention drift b_SA(V) (without the gamma^2 factor), shape (..., m, m)."""
+    xp = namespace(V)
+    m = V.shape[-1]
+    C = centre(V)
+    tr_cv = xp.sum(xp.sum(C * V, axis=-1), axis=-1)  # tr(PVP V), V symmetric
+    dc = _diag(C)
+    d = dc - xp.sum(dc, axis=-1, keepdims=True) / m
+    vd = xp.sum(V * d[..., None, :], axis=-1)  # (V d)^a = sum_nu V^{a nu} d_nu
+    dv = _diag(V)
+    cross = dv[..., :, None] * vd[..., None, :]
+    return (tr_cv[..., None, None] / m**2 * V + (cross + xp.swap(cross)) / (2 * m)) / tau0**2
+
+
+def nu(rho, c_plus: float, c_minus: float):
+    """LNR's nu(rho) = ((c_+ - c_-)^2/(2 pi)) [sqrt(1 - rho^2) - rho arccos rho]."""
+    xp = namespace(rho)
+    rho = _clip(rho, -1.0, 1.0)
+    return ((c_plus - c_minus) ** 2 / (2 * math.pi)) * (xp.sqrt(_clip(1.0 - rho * rho, 0.0, 1.0)) - rho * _arccos(rho))
+
+
+def correlation(V):
+    """rho^{ab} = V^{ab} / sqrt(V^{aa} V^{bb}) (0 where a variance vanishes), clipped to [-1, 1]."""
+    xp = namespace(V)
+    s = xp.sqrt(_clip(_diag(V), 0.0, None))
+    ss = s[..., :, None] * s[..., None, :]
+    safe = xp.where(ss > 0, ss, ss * 0 + 1.0)
+    return _clip(xp.where(ss > 0, V / safe, V * 0), -1.0, 1.0)
+
+
+def b_relu(V, c_plus: float, c_minus: float):
+    """Shaped-ReLU drift b_ReLU(V)^{ab} = nu(rho^{ab}) sqrt(V^{aa} V^{bb}); zero on the diagonal."""
+    xp = namespace(V)
+    s = xp.sqrt(_clip(_diag(V), 0.0, None))
+    return nu(correlation(V), c_plus, c_minus) * (s[..., :, None] * s[..., None, :])
+
+
+def _eig_floor(w, eps):
+    """Eigenvalues at or below this are round-off of zero: 8 m eps max|lambda| per matrix."""
+    m = w.shape[-1]
+    return 8 * m * eps * abs(w).max(-1, keepdims=True) if not is_torch(w) else 8 * m * eps * w.abs().amax(-1, keepdim=True)
+
+
+def psd_factor(V):
+    """L with L L^T = V for symmetric PSD V, shape (..., m, m).
+
+    Cholesky where V is numerically positive definite; elsewhere the symmetric
+    eigen-clipped root U Lambda_+^{1/2} U^T (unique, so the numba kernel, which
+    follows the same rule, gives the same factor). Eigenvalues below
+    ``8 m eps max|lambda|`` count as zero, and a Cholesky pivot^2 below ``8 m eps
+    max_j V^{jj}`` counts as a failure: a rank-one V gets an exactly rank-one factor
+    instead of sqrt(round-off) ~ 1e-8 noise in the other directions.
+    """
+    if is_torch(V):
+        import torch
+
+        L, info = torch.linalg.cholesky_ex(V)
+        piv = L.diagonal(dim1=-2, dim2=-1) ** 2
+        floor = _eig_floor(V.diagonal(dim1=-2, dim2=-1), torch.finfo(V.dtype).eps)[..., 0]
+        bad = (info != 0) | ~torch.isfinite(piv).all(dim=-1) | (piv.amin(dim=-1) <= floor)
+        if bool(bad.any()):
+            L = L.clone()
+            w, U = torch.linalg.eigh(V[bad])
+            w = torch.where(w > _eig_floor(w, torch.finfo(w.dtype).eps), w, torch.zeros_like(w))
+            L[bad] = (U * w.sqrt()[..., None, :]) @ U.transpose(-1, -2)
+        return L
+    eps = np.finfo(V.dtype).eps
+    try:
+        L = np.linalg.cholesky(V)
+        piv = np.diagonal(L, axis1=-2, axis2=-1) ** 2
+        bad = piv.min(axis=-1) <= _eig_floor(np.diagonal(V, axis1=-2, axis2=-1), eps)[..., 0]
+        if not np.any(bad):
+            return L
+    except np.linalg.LinAlgError:
+        pass
+    flat = V.reshape((-1,) + V.shape[-2:])
+    out = np.empty_like(flat)
+    for i, v in enumerate(flat):  # only reached when some matrix is (nearly) singular: a rare path
+        try:
+            Li = np.linalg.cholesky(v)
+            if np.min(np.diag(Li) ** 2) > _eig_floor(np.diag(v), eps)[0]:
+                out[i] = Li
+                continue
+        except np.linalg.LinAlgError:
+            pass
+        w, U = np.linalg.eigh(v)
+        w = np.where(w > _eig_floor(w, eps), w, 0.0)
+        out[i] = (U * np.sqrt(w)) @ U.T
+    return out.reshape(V.shape)
+
+
+def lin_noise(L, dW, k_lin: float):
+    """sqrt(k/2) (L dW L^T + L dW^T L^T): covariance k Sigma_lin dt for dW of variance dt."""
+    xp = namespace(L)
+    N = L @ dW @ xp.swap(L)
+    return math.sqrt(k_lin / 2.0) * (N + xp.swap(N))
+
+
+def sa_noise(L, V, dW, k_sa: float, tau0: float):
+    """(sqrt(k_SA)/(tau0 m)) (E V + V E^T), E = L dW L^T P: covariance k_SA Sigma_SA dt."""
+    xp = namespace(L)
+    m = V.shape[-1]
+    E = L @ dW @ xp.swap(L)
+    E = E - xp.sum(E, axis=-1, keepdims=True) / m  # E P
+    F = E @ V
+    return (math.sqrt(k_sa) / (tau0 * m)) * (F + xp.swap(F))
+
+
+def sigma_lin_tensor(V: np.ndarray) -> np.ndarray:
+    """Sigma_lin^{ab,cd} as an (..., m, m, m, m) array (tests only)."""
+    V = np.asarray(V)
+    return np.einsum("...ac,...bd->...abcd", V, V) + np.einsum("...ad,...bc->...abcd", V, V)
+
+
+def sigma_sa_tensor(V: np.ndarray, tau0: float) -> np.ndarray:
+    """Sigma_SA^{ab,cd} as an (..., m, m, m, m) array (tests only)."""
+    V = np.asarray(V)
+    m = V.shape[-1]
+    P = np.eye(m) - 1.0 / m
+    Q = V @ P @ V @ P @ V
+    t = (
+        np.einsum("...ac,...bd->...abcd", V, Q)
+        + np.einsum("...ad,...bc->...abcd", V, Q)
+        + np.einsum("...bc,...ad->...abcd", V, Q)
+        + np.einsum("...bd,...ac->...abcd", V, Q)
+    )
+    return t / (tau0 * m) ** 2

@@ -1,0 +1,11 @@
+"""Finite networks at initialisation in torch: shaped / standard transformers and LNR's shaped MLP."""
+
+from ._common import NetworkRun, layer_norm
+from .architectures import (
+    SHAPED_LAYERS,
+    ShapedMLP,
+    ShapedTransformer,
+    StandardTransformer,
+)
+
+__all__ = ["SHAPED_LAYERS", "NetworkRun", "ShapedMLP", "ShapedTransformer", "StandardTransformer", "layer_norm"]
