@@ -25,6 +25,8 @@ STUDIES: dict[str, tuple[str, str]] = {
     "collapse": ("studies.study_collapse", "full"),
     "high-dim": ("studies.study_high_dim", "full"),
     "cov": ("studies.cov_study", "full"),
+    "signalprop": ("studies.study_signalprop", "full"),
+    "trainability": ("studies.study_trainability", "full"),
 }
 
 
