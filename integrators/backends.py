@@ -53,10 +53,34 @@ class NumpyBackend:
     def synchronize(self) -> None:
         pass
 
+    def fused_step(self, model, stepper):
+        """The reference backend never fuses: every step goes through ``stepper.step``."""
+        return None
+
+
+def _model_fused_step(backend, model, stepper):
+    """Ask the model for a fused one-step map (``model.fused_step(name, backend)``), if the backend allows it."""
+    hook = getattr(model, "fused_step", None)
+    if not backend.fused or hook is None:
+        return None
+    return hook(stepper.name, backend)
+
 
 @dataclass(frozen=True)
 class NumbaBackend(NumpyBackend):
+    """numpy arrays and the model's Numba kernels.
+
+    ``fused=True`` (default) lets ``solve`` use a model's fused one-step map
+    where it offers one (``model.fused_step(stepper_name, backend)`` returns
+    ``step(t, x, dt) -> retract(x + dt f)`` or None); ``fused=False`` forces
+    the generic stepper. Both compute the same thing (tests/test_backends.py).
+    """
+
     name: str = "numba"
+    fused: bool = True
+
+    def fused_step(self, model, stepper):
+        return _model_fused_step(self, model, stepper)
 
     def drift(self, model):
         fn = getattr(model, "numba_drift", None)
@@ -70,9 +94,12 @@ class NumbaBackend(NumpyBackend):
 
 @dataclass(frozen=True)
 class TorchBackend:
+    """torch tensors on ``device``; ``fused`` as for :class:`NumbaBackend`."""
+
     dtype: str = "float64"
     device: str = "cpu"
     name: str = "torch"
+    fused: bool = True
 
     def __post_init__(self):
         import torch
@@ -105,6 +132,9 @@ class TorchBackend:
 
     def diffusion(self, model):
         return model.diffusion
+
+    def fused_step(self, model, stepper):
+        return _model_fused_step(self, model, stepper)
 
     def synchronize(self) -> None:
         import torch

@@ -183,6 +183,12 @@ def solve(
 
     f = be.drift(model)
     g = be.diffusion(model) if sde else None
+    # Backend hook: a fused map step(t, x, h) = retract(x + h f(t, x)) for this
+    # stepper (e.g. Euler + renormalise in one compiled pass per system), or None.
+    # It may update x in place, so not where exit handling needs the old state.
+    hook = getattr(be, "fused_step", None)
+    plain = sde or stepper.adaptive or exit_threshold is not None or hook is None
+    fused = None if plain else hook(model, stepper)
     space = model.space
     x = be.asarray(x_np)
     batch = x_np.shape[0]
@@ -249,8 +255,11 @@ def solve(
                     tj = t_seg + j * h
                     dw = be.asarray(noise(k_noise)) if noise is not None else None
                     k_noise += 1
-                    x_new, _ = stepper.step(f, tj, x, h, space, g, dw)
-                    x_new = space.retract(x_new)
+                    if fused is not None:
+                        x_new = fused(tj, x, h)
+                    else:
+                        x_new, _ = stepper.step(f, tj, x, h, space, g, dw)
+                        x_new = space.retract(x_new)
                     if exit_threshold is not None or sde:
                         x_new = _handle_exits(be, x, x_new, exited, exit_time, tj + h, exit_threshold)
                     x = x_new

@@ -19,6 +19,21 @@ from .observables import (
     pair_inner_products,
 )
 from .params import PiecewiseConstant
+from . import theory  # scalar predictions: particles.theory.mode_growth_rate, bessel_cluster_count, ...
+from .transformer import DirectionRadius, DiscreteTransformer, PreLNFlow
+from . import signalprop  # geometric signal propagation (COWSIK): maps, exponents, finite networks
+from .signalprop import SignalPropParams
+from . import covariance, networks  # covariance SDEs of shaped networks (NOCI, LNR); finite torch networks
+from .covariance import (
+    CorrelationSDE,
+    FiniteWidthChain,
+    ResidualLinearSDE,
+    ResidualShapedMLPSDE,
+    ShapedAttentionSDE,
+    ShapedBlockSDE,
+    ShapedMLPSDE,
+)
+from .networks import ShapedMLP, ShapedTransformer, StandardTransformer
 from .validation import ParameterError
 
 __all__ = [
@@ -54,4 +69,21 @@ __all__ = [
     "min_inner_product",
     "consensus_gap",
     "collapse_time",
+    "DiscreteTransformer",
+    "PreLNFlow",
+    "DirectionRadius",
+    "signalprop",
+    "SignalPropParams",
+    "covariance",
+    "networks",
+    "ShapedBlockSDE",
+    "ShapedAttentionSDE",
+    "ShapedMLPSDE",
+    "ResidualShapedMLPSDE",
+    "ResidualLinearSDE",
+    "CorrelationSDE",
+    "FiniteWidthChain",
+    "ShapedTransformer",
+    "StandardTransformer",
+    "ShapedMLP",
 ]

@@ -319,11 +319,29 @@ class SelfAttention:
         return sphere_tangent(x, out) if self.projected else out
 
     def numba_drift(self, t: float, x: np.ndarray) -> np.ndarray:
-        """Same field through the compiled Numba kernels (numpy float32/float64 input)."""
+        """Same field through the compiled Numba kernels (numpy float32/float64 input).
+
+        With Q = K = V = I the kernels read x itself (no copies); the feed-forward
+        term and the projection P_x are applied inside the kernel. Short
+        sequences use a per-system kernel, long ones a streamed (flash) kernel
+        that never forms the n x n matrix (see :mod:`particles._attention_numba`).
+        """
         from ._attention_numba import attention_numba
 
         Q, K, V = self._matrices(t, x)
-        out = attention_numba(x, Q, K, V, self.n_heads, float(self.beta), self.mode, bool(self.causal))
-        if self.ffn is not None:
-            out += self.ffn(t, x)
-        return sphere_tangent(x, out) if self.projected else out
+        base = None if self.ffn is None else self.ffn(t, x)
+        return attention_numba(
+            x, Q, K, V, self.n_heads, float(self.beta), self.mode, bool(self.causal), base=base, project=self.projected
+        )
+
+    def fused_step(self, stepper_name: str, backend):
+        """A fused one-step map ``step(t, x, dt) -> retract(x + dt f(t, x))`` or None.
+
+        The backend hook of :func:`integrators.solve`: offered for "euler" with
+        Q = K = V = I and no feed-forward term on the numba and torch backends
+        (the ensemble workload); same mathematics as the generic stepper, one
+        pass over memory. See :mod:`particles._attention_fused`.
+        """
+        from ._attention_fused import fused_step
+
+        return fused_step(self, stepper_name, backend)
