@@ -18,7 +18,7 @@ import numpy as np
 
 from particles.validation import ParameterError
 
-__all__ = ["Backend", "NumpyBackend", "NumbaBackend", "TorchBackend", "get_backend", "BACKENDS", "DTYPES"]
+__all__ = ["NumpyBackend", "NumbaBackend", "TorchBackend", "get_backend", "BACKENDS", "DTYPES"]
 
 DTYPES = {"float64": np.float64, "float32": np.float32}
 

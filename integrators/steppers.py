@@ -9,7 +9,7 @@ Lie-group stepper; retraction onto the manifold is the driver's job.
 
 from __future__ import annotations
 
-from .tableaus import DOPRI5, EULER, HEUN, MIDPOINT, RK4, Tableau
+from .tableaus import DOPRI5, HEUN, MIDPOINT, RK4, Tableau
 
 __all__ = [
     "explicit_rk_step",

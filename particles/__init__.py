@@ -19,7 +19,7 @@ from .observables import (
     pair_inner_products,
 )
 from .params import PiecewiseConstant
-from . import theory  # scalar predictions: particles.theory.mode_growth_rate, bessel_cluster_count, ...
+from . import flow_theory, theory  # scalar predictions: particles.theory.mode_growth_rate, bessel_cluster_count, ...
 from .transformer import DirectionRadius, DiscreteTransformer, PreLNFlow
 from . import signalprop  # geometric signal propagation (COWSIK): maps, exponents, finite networks
 from .signalprop import SignalPropParams
@@ -37,6 +37,8 @@ from .networks import ShapedMLP, ShapedTransformer, StandardTransformer
 from .validation import ParameterError
 
 __all__ = [
+    "theory",
+    "flow_theory",
     "SelfAttention",
     "FeedForward",
     "NoisyAttention",

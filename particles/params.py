@@ -7,7 +7,7 @@ K(t), V(t) may be piecewise constant over layers or any callable of t.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
