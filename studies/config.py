@@ -19,9 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
+
 from particles.validation import ParameterError
 
 __all__ = [
+    "load_npy",
     "Option",
     "add_options",
     "load_toml",
@@ -228,3 +231,17 @@ def resolve_options(
         values[dest] = raw if o.flag else o.convert(o.name, raw)
         given.add(dest)
     return values, frozenset(given)
+
+
+def load_npy(name: str, path: str) -> np.ndarray:
+    """Load a numeric .npy file given on the command line; errors name the option."""
+    p = Path(path)
+    if not p.is_file():
+        raise ParameterError(name, f"no such file: {p}")
+    try:
+        arr = np.load(p, allow_pickle=False)
+    except Exception as exc:  # numpy raises several types for corrupt files
+        raise ParameterError(name, f"{p} is not a valid .npy array ({type(exc).__name__})") from None
+    if not np.issubdtype(arr.dtype, np.number):
+        raise ParameterError(name, f"{p} holds {arr.dtype}, not numbers")
+    return arr.astype(np.float64)

@@ -33,7 +33,7 @@ import numpy as np
 from particles.validation import ParameterError
 
 from .cli_simulate import RUN_OPTIONS, run_and_store
-from .config import Option, add_options, choice, integer, real, resolve_options, text
+from .config import Option, add_options, choice, integer, load_npy, real, resolve_options, text
 
 __all__ = [
     "COV_OPTIONS", "MODELS", "USES", "build_model", "initial_covariance", "register_models"]
@@ -134,19 +134,6 @@ def build_model(name: str, opts: dict[str, Any], given: frozenset[str] = frozens
     raise ParameterError("model", f"unknown covariance model {name!r}")
 
 
-def _load_npy(name: str, path: str) -> np.ndarray:
-    p = Path(path)
-    if not p.is_file():
-        raise ParameterError(name, f"no such file: {p}")
-    try:
-        arr = np.load(p, allow_pickle=False)
-    except Exception as exc:  # numpy raises several types for corrupt files
-        raise ParameterError(name, f"{p} is not a valid .npy array ({type(exc).__name__})") from None
-    if not np.issubdtype(arr.dtype, np.number):
-        raise ParameterError(name, f"{p} holds {arr.dtype}, not numbers")
-    return arr.astype(np.float64)
-
-
 def initial_covariance(opts: dict[str, Any], given: frozenset[str]) -> np.ndarray:
     """V0 (batch, m, m): from --v0, else (1 - rho0) I + rho0 11^T, validated (symmetric PSD, m >= 2)."""
     from particles.covariance import check_covariance
@@ -155,7 +142,7 @@ def initial_covariance(opts: dict[str, Any], given: frozenset[str]) -> np.ndarra
         for key in ("rho0", "m"):
             if key in given:
                 raise ParameterError(key, f"give either --{key} or --v0, not both")
-        V = check_covariance(_load_npy("v0", opts["v0"]), name="v0")
+        V = check_covariance(load_npy("v0", opts["v0"]), name="v0")
     else:
         m, r = opts["m"], opts["rho0"]
         if r < -1.0 / (m - 1):

@@ -20,7 +20,6 @@ Rigollet, "The mean-field dynamics of transformers", arXiv:2512.01868.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,7 +27,7 @@ import numpy as np
 from particles.validation import ParameterError
 
 from .cli_simulate import RUN_OPTIONS, run_and_store
-from .config import Option, add_options, choice, integer, real, resolve_options, text
+from .config import Option, add_options, choice, integer, load_npy, real, resolve_options, text
 
 __all__ = ["register_models", "FLOW_OPTIONS", "MODELS", "build_model", "initial_state", "noise_seed"]
 
@@ -77,19 +76,6 @@ def register_models(subparsers) -> None:
         p.set_defaults(func=run)
 
 
-def _load_npy(name: str, path: str) -> np.ndarray:
-    p = Path(path)
-    if not p.is_file():
-        raise ParameterError(name, f"no such file: {p}")
-    try:
-        arr = np.load(p, allow_pickle=False)
-    except Exception as exc:  # numpy raises several types for corrupt files
-        raise ParameterError(name, f"{p} is not a valid .npy array ({type(exc).__name__})") from None
-    if not np.issubdtype(arr.dtype, np.number):
-        raise ParameterError(name, f"{p} holds {arr.dtype}, not numbers")
-    return arr.astype(np.float64)
-
-
 def _resolve_matrix(name: str, raw, d: int):
     if raw is None or isinstance(raw, np.ndarray):
         return raw
@@ -97,7 +83,7 @@ def _resolve_matrix(name: str, raw, d: int):
         return None
     if raw in ("-identity", "minus-identity"):
         return -np.eye(d)
-    return _load_npy(name, raw)
+    return load_npy(name, raw)
 
 
 def build_model(model: str, opts: dict[str, Any], d: int):
@@ -123,7 +109,7 @@ def initial_state(opts: dict[str, Any], given: frozenset[str]) -> tuple[np.ndarr
     if opts["init_file"] is not None:
         if "init" in given:
             raise ParameterError("init", "give either --init or --init-file, not both")
-        x = _load_npy("init-file", opts["init_file"])
+        x = load_npy("init-file", opts["init_file"])
         x = inits.check_unit(x, name="init-file", normalize=opts["normalize"])
         if x.shape[0] == 1 and opts["batch"] > 1:
             x = np.repeat(x, opts["batch"], axis=0)  # one start, an ensemble of noise paths
