@@ -134,9 +134,15 @@ def psd_factor(V):
         bad = (info != 0) | ~torch.isfinite(piv).all(dim=-1) | (piv.amin(dim=-1) <= floor)
         if bool(bad.any()):
             L = L.clone()
-            w, U = torch.linalg.eigh(V[bad])
-            w = torch.where(w > _eig_floor(w, torch.finfo(w.dtype).eps), w, torch.zeros_like(w))
-            L[bad] = (U * w.sqrt()[..., None, :]) @ U.transpose(-1, -2)
+            # a path that already blew up (inf/NaN) gets a NaN factor: eigh would raise on it,
+            # and the driver's exit handling (or the caller) flags the path
+            finite = torch.isfinite(V).all(dim=-1).all(dim=-1)
+            L[bad & ~finite] = float("nan")
+            fix = bad & finite
+            if bool(fix.any()):
+                w, U = torch.linalg.eigh(V[fix])
+                w = torch.where(w > _eig_floor(w, torch.finfo(w.dtype).eps), w, torch.zeros_like(w))
+                L[fix] = (U * w.sqrt()[..., None, :]) @ U.transpose(-1, -2)
         return L
     eps = np.finfo(V.dtype).eps
     try:
@@ -157,6 +163,9 @@ def psd_factor(V):
                 continue
         except np.linalg.LinAlgError:
             pass
+        if not np.all(np.isfinite(v)):  # a blown-up path: NaN factor, flagged by the driver
+            out[i] = np.nan
+            continue
         w, U = np.linalg.eigh(v)
         w = np.where(w > _eig_floor(w, eps), w, 0.0)
         out[i] = (U * np.sqrt(w)) @ U.T

@@ -53,7 +53,11 @@ def _best(fn, repeat: int):
 
 
 def _rho(V):
-    return V[..., 0, 1] / np.sqrt(V[..., 0, 0] * V[..., 1, 1])
+    """rho^{12}; plain Euler-Maruyama can leave the PSD cone (V^{aa} < 0): those paths are
+    left out of the KS comparison here and counted in ``non_psd_fraction``."""
+    with np.errstate(invalid="ignore"):
+        r = V[..., 0, 1] / np.sqrt(V[..., 0, 0] * V[..., 1, 1])
+    return r[np.isfinite(r)]
 
 
 def _sde(size: dict) -> dict:
@@ -81,7 +85,8 @@ def _sde(size: dict) -> dict:
             finals[name], exit_frac = V[ok], float(1 - ok.mean())
         else:
             finals[name], exit_frac = out.final[~out.exited], out.exit_fraction
-        res[name] = {"seconds": sec, "seconds_per_step": sec / size["steps"], "exit_fraction": exit_frac}
+        res[name] = {"seconds": sec, "seconds_per_step": sec / size["steps"], "exit_fraction": exit_frac,
+                     "non_psd_fraction": float(1 - _rho(finals[name]).size / max(1, len(finals[name])))}
     ks = {f"{a}_vs_{b}": float(stats.ks_2samp(_rho(finals[a]), _rho(finals[b])).pvalue)
           for a, b in (("numba", "torch"), ("numba", "torchsde"), ("torch", "torchsde"))}  # fmt: skip
     return {
