@@ -48,7 +48,7 @@ from particles.validation import ParameterError
 __all__ = ["TASKS", "TASK_MODULES", "TaskDef", "register_task", "get_task", "check_result", "MEASUREMENT_NAME"]
 
 #: Modules imported on first lookup; each registers its tasks into TASKS.
-TASK_MODULES = ("studies.flow_tasks", "studies.study_signalprop")
+TASK_MODULES = ("studies.flow_tasks", "studies.study_signalprop", "studies.cov_tasks")
 
 MEASUREMENT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
