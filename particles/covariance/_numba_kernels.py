@@ -125,6 +125,18 @@ def _drift_kernel(V, a_sa, a_relu, tau0, c_plus, c_minus, work, out):
                         o[j, i] += x
 
 
+@nb.njit(cache=True, fastmath=False, inline="always")
+def _tri_left(L, w, full, T):
+    """T = L w for the factor L (lower triangular unless ``full``: the eigen root)."""
+    m = L.shape[0]
+    for i in range(m):
+        for j in range(m):
+            s = 0.0
+            for k in range(max(i + 1, full)):
+                s += L[i, k] * w[k, j]
+            T[i, j] = s
+
+
 @nb.njit(parallel=True, cache=True, fastmath=False)
 def _diffusion_kernel(V, dW, k_lin, k_sa, tau0, work, out):
     B, m, _ = V.shape
@@ -138,13 +150,7 @@ def _diffusion_kernel(V, dW, k_lin, k_sa, tau0, work, out):
         N = work[b, 2]
         full = _psd_factor(v, L)
         # T = L dW1 (L lower triangular), N = T L^T
-        w = dW[b, 0]
-        for i in range(m):
-            for j in range(m):
-                s = 0.0
-                for k in range(max(i + 1, full)):
-                    s += L[i, k] * w[k, j]
-                T[i, j] = s
+        _tri_left(L, dW[b, 0], full, T)
         for i in range(m):
             for j in range(m):
                 s = 0.0
@@ -155,13 +161,7 @@ def _diffusion_kernel(V, dW, k_lin, k_sa, tau0, work, out):
             for j in range(m):
                 o[i, j] = s_lin * (N[i, j] + N[j, i])
         if k_sa != 0.0:
-            w = dW[b, 1]
-            for i in range(m):
-                for j in range(m):
-                    s = 0.0
-                    for k in range(max(i + 1, full)):
-                        s += L[i, k] * w[k, j]
-                    T[i, j] = s
+            _tri_left(L, dW[b, 1], full, T)
             for i in range(m):
                 mean = 0.0
                 for j in range(m):
