@@ -57,6 +57,9 @@ class NumpyBackend:
         """The reference backend never fuses: every step goes through ``stepper.step``."""
         return None
 
+    def fused_sde_step(self, model, stepper, noise):
+        return None
+
 
 def _model_fused_step(backend, model, stepper):
     """Ask the model for a fused one-step map (``model.fused_step(name, backend)``), if the backend allows it."""
@@ -66,14 +69,25 @@ def _model_fused_step(backend, model, stepper):
     return hook(stepper.name, backend)
 
 
+def _model_fused_sde_step(backend, model, stepper, noise):
+    """Ask an SDE model for a fused step (``model.fused_sde_step(name, backend, noise)``), if allowed."""
+    hook = getattr(model, "fused_sde_step", None)
+    if not backend.fused or hook is None:
+        return None
+    return hook(stepper.name, backend, noise)
+
+
 @dataclass(frozen=True)
 class NumbaBackend(NumpyBackend):
     """numpy arrays and the model's Numba kernels.
 
     ``fused=True`` (default) lets ``solve`` use a model's fused one-step map
     where it offers one (``model.fused_step(stepper_name, backend)`` returns
-    ``step(t, x, dt) -> retract(x + dt f)`` or None); ``fused=False`` forces
-    the generic stepper. Both compute the same thing (tests/test_backends.py).
+    ``step(t, x, dt) -> retract(x + dt f)`` or None), and an SDE model's fused
+    stochastic step (``model.fused_sde_step(stepper_name, backend, noise)`` returns
+    ``step(t, x, dt, k, exited, threshold) -> (x_new, newly_exited)`` or None);
+    ``fused=False`` forces the generic stepper. Both compute the same thing
+    (tests/test_backends.py, tests/test_cov_fused.py).
     """
 
     name: str = "numba"
@@ -81,6 +95,9 @@ class NumbaBackend(NumpyBackend):
 
     def fused_step(self, model, stepper):
         return _model_fused_step(self, model, stepper)
+
+    def fused_sde_step(self, model, stepper, noise):
+        return _model_fused_sde_step(self, model, stepper, noise)
 
     def drift(self, model):
         fn = getattr(model, "numba_drift", None)
@@ -135,6 +152,9 @@ class TorchBackend:
 
     def fused_step(self, model, stepper):
         return _model_fused_step(self, model, stepper)
+
+    def fused_sde_step(self, model, stepper, noise):
+        return _model_fused_sde_step(self, model, stepper, noise)
 
     def synchronize(self) -> None:
         import torch

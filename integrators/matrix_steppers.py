@@ -43,7 +43,8 @@ def psd_project(V):
             return V
         out = V.clone()
         w, U = torch.linalg.eigh(V[bad])
-        out[bad] = (U * w.clamp(min=0)[..., None, :]) @ U.transpose(-1, -2)
+        P = (U * w.clamp(min=0)[..., None, :]) @ U.transpose(-1, -2)
+        out[bad] = 0.5 * (P + P.transpose(-1, -2))
         return out
     try:
         np.linalg.cholesky(V)
@@ -55,7 +56,8 @@ def psd_project(V):
     out = np.array(V, copy=True)
     w, U = np.linalg.eigh(np.where(ok[..., None, None], V, 0.0))
     neg = np.any(w < 0, axis=-1) & ok
-    out[neg] = (U[neg] * np.clip(w[neg], 0, None)[..., None, :]) @ np.swapaxes(U[neg], -1, -2)
+    P = (U[neg] * np.clip(w[neg], 0, None)[..., None, :]) @ np.swapaxes(U[neg], -1, -2)
+    out[neg] = 0.5 * (P + np.swapaxes(P, -1, -2))  # exactly symmetric, as the states it replaces
     return out
 
 

@@ -189,6 +189,10 @@ def solve(
     hook = getattr(be, "fused_step", None)
     plain = sde or stepper.adaptive or exit_threshold is not None or hook is None
     fused = None if plain else hook(model, stepper)
+    # Its SDE counterpart step(t, x, h, k, exited, threshold) -> (x_new, newly_exited) draws
+    # increment k of ``noise`` itself and does the exit check (kept apart: its contract differs).
+    sde_hook = getattr(be, "fused_sde_step", None) if sde and not stepper.adaptive else None
+    fused_sde = None if sde_hook is None else sde_hook(model, stepper, noise)
     space = model.space
     x = be.asarray(x_np)
     batch = x_np.shape[0]
@@ -253,6 +257,16 @@ def solve(
                 t_seg = t
                 for j in range(m):
                     tj = t_seg + j * h
+                    if fused_sde is not None:
+                        x, new = fused_sde(tj, x, h, k_noise, exited, exit_threshold)
+                        k_noise += 1
+                        if new.any():
+                            exit_time[new] = tj + h
+                            exited |= new
+                        n_steps += 1
+                        if bar is not None:
+                            bar.update(h)
+                        continue
                     dw = be.asarray(noise(k_noise)) if noise is not None else None
                     k_noise += 1
                     if fused is not None:

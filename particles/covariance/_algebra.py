@@ -41,6 +41,7 @@ __all__ = [
     "centre",
     "correlation",
     "lin_noise",
+    "noise_increment",
     "nu",
     "psd_factor",
     "sa_noise",
@@ -102,11 +103,36 @@ def correlation(V):
     return _clip(xp.where(ss > 0, V / safe, V * 0), -1.0, 1.0)
 
 
+def _strict_lower(m: int, like):
+    """Row and column indices of the strict lower triangle (i > j) of an m x m matrix."""
+    i, j = np.tril_indices(m, -1)
+    if is_torch(like):
+        import torch
+
+        return torch.as_tensor(i, device=like.device), torch.as_tensor(j, device=like.device)
+    return i, j
+
+
 def b_relu(V, c_plus: float, c_minus: float):
-    """Shaped-ReLU drift b_ReLU(V)^{ab} = nu(rho^{ab}) sqrt(V^{aa} V^{bb}); zero on the diagonal."""
+    """Shaped-ReLU drift b_ReLU(V)^{ab} = nu(rho^{ab}) sqrt(V^{aa} V^{bb}); zero on the diagonal.
+
+    Evaluated on the m(m-1)/2 pairs a > b only (nu(1) = 0 on the diagonal) and mirrored.
+    """
+    xp = namespace(V)
+    i, j = _strict_lower(V.shape[-1], V)
+    out = V * 0
+    out[..., i, j] = b_relu_pairs(V, i, j, (c_plus - c_minus) ** 2 / (2 * math.pi))
+    return out + xp.swap(out)
+
+
+def b_relu_pairs(V, i, j, cnu: float):
+    """b_ReLU^{ij} for the index pairs (i, j), shape (..., len(i)); cnu = (c_+ - c_-)^2 / (2 pi)."""
     xp = namespace(V)
     s = xp.sqrt(_clip(_diag(V), 0.0, None))
-    return nu(correlation(V), c_plus, c_minus) * (s[..., :, None] * s[..., None, :])
+    ss = s[..., i] * s[..., j]
+    safe = xp.where(ss > 0, ss, ss * 0 + 1.0)
+    rho = _clip(xp.where(ss > 0, V[..., i, j] / safe, ss * 0), -1.0, 1.0)
+    return cnu * (xp.sqrt(_clip(1.0 - rho * rho, 0.0, 1.0)) - rho * _arccos(rho)) * ss
 
 
 def _eig_floor(w, eps):
@@ -172,21 +198,50 @@ def psd_factor(V):
     return out.reshape(V.shape)
 
 
+def _sandwich(L, dW):
+    """L dW L^T; dW may carry extra axes before the matrix axes of L (one batched product for all)."""
+    xp = namespace(L)
+    extra = dW.ndim - L.ndim
+    Lb = L.reshape(L.shape[:-2] + (1,) * extra + L.shape[-2:])
+    return Lb @ dW @ xp.swap(Lb)
+
+
 def lin_noise(L, dW, k_lin: float):
     """sqrt(k/2) (L dW L^T + L dW^T L^T): covariance k Sigma_lin dt for dW of variance dt."""
     xp = namespace(L)
-    N = L @ dW @ xp.swap(L)
+    N = _sandwich(L, dW)
     return math.sqrt(k_lin / 2.0) * (N + xp.swap(N))
+
+
+def _sa_half(N, V, k_sa: float, tau0: float):
+    """(sqrt(k_SA)/(tau0 m)) E V with E = N P, N = L dW L^T."""
+    xp = namespace(N)
+    m = V.shape[-1]
+    E = N - xp.sum(N, axis=-1, keepdims=True) / m  # E P
+    return (math.sqrt(k_sa) / (tau0 * m)) * (E @ V)
 
 
 def sa_noise(L, V, dW, k_sa: float, tau0: float):
     """(sqrt(k_SA)/(tau0 m)) (E V + V E^T), E = L dW L^T P: covariance k_SA Sigma_SA dt."""
     xp = namespace(L)
-    m = V.shape[-1]
-    E = L @ dW @ xp.swap(L)
-    E = E - xp.sum(E, axis=-1, keepdims=True) / m  # E P
-    F = E @ V
-    return (math.sqrt(k_sa) / (tau0 * m)) * (F + xp.swap(F))
+    F = _sa_half(_sandwich(L, dW), V, k_sa, tau0)
+    return F + xp.swap(F)
+
+
+def noise_increment(L, V, dW, k_lin: float, k_sa: float, tau0: float, symmetric: bool = True):
+    """g(V) dW = lin_noise(L, dW[:, 0], k_lin) + sa_noise(L, V, dW[:, 1], k_sa, tau0), in one pass.
+
+    dW has shape (batch, 1 or 2, m, m) (the second matrix only when k_sa > 0); both
+    sandwiches are one batched product, and the sum is X + X^T with
+    X = sqrt(k_lin/2) L dW1 L^T + (sqrt(k_SA)/(tau0 m)) L dW2 L^T P V
+    (X itself if not ``symmetric``).
+    """
+    xp = namespace(L)
+    N = _sandwich(L, dW if k_sa else dW[:, :1])
+    X = math.sqrt(k_lin / 2.0) * N[:, 0]
+    if k_sa:
+        X = X + _sa_half(N[:, 1], V, k_sa, tau0)
+    return X + xp.swap(X) if symmetric else X
 
 
 def sigma_lin_tensor(V: np.ndarray) -> np.ndarray:

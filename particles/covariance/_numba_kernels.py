@@ -13,7 +13,11 @@ import math
 import numba as nb
 import numpy as np
 
-__all__ = ["correlation_drift", "diffusion", "drift"]
+from integrators._philox import row_normals
+
+__all__ = ["correlation_drift", "diffusion", "drift", "em_step"]
+
+_CHUNK = 32  # paths per parallel work item of the fused step
 
 
 @nb.njit(cache=True, fastmath=False)
@@ -71,117 +75,214 @@ def _psd_factor(V, L):
     return m
 
 
-@nb.njit(parallel=True, cache=True, fastmath=False)
-def _drift_kernel(V, a_sa, a_relu, tau0, c_plus, c_minus, work, out):
-    B, m, _ = V.shape
-    inv_t2 = 1.0 / (tau0 * tau0)
-    cnu = (c_plus - c_minus) ** 2 / (2.0 * math.pi)
-    for b in nb.prange(B):
-        v = V[b]
-        o = out[b]
-        row = work[b, 0]
-        dc = work[b, 1]
-        vd = work[b, 2]
+@nb.njit(cache=True, fastmath=False, inline="always")
+def _drift_path(v, a_sa, a_relu, inv_t2, cnu, row, dc, vd, o):
+    """o = a_sa b_SA(v) + a_relu b_ReLU(v) for one (m, m) path; row, dc, vd: (m,) scratch."""
+    m = v.shape[0]
+    for i in range(m):
+        for j in range(m):
+            o[i, j] = 0.0
+    if a_sa != 0.0:
+        tot = 0.0
+        for i in range(m):
+            s = 0.0
+            for j in range(m):
+                s += v[i, j]
+            row[i] = s / m
+            tot += row[i]
+        tot /= m
+        tr_cv = 0.0
+        trc = 0.0
         for i in range(m):
             for j in range(m):
-                o[i, j] = 0.0
-        if a_sa != 0.0:
-            tot = 0.0
-            for i in range(m):
-                s = 0.0
-                for j in range(m):
-                    s += v[i, j]
-                row[i] = s / m
-                tot += row[i]
-            tot /= m
-            tr_cv = 0.0
-            trc = 0.0
-            for i in range(m):
-                for j in range(m):
-                    c = v[i, j] - row[i] - row[j] + tot  # V symmetric: column means = row means
-                    tr_cv += c * v[i, j]
-                dc[i] = v[i, i] - 2.0 * row[i] + tot
-                trc += dc[i]
-            for i in range(m):
-                s = 0.0
-                for k in range(m):
-                    s += v[i, k] * (dc[k] - trc / m)
-                vd[i] = s
-            f1 = a_sa * inv_t2 * tr_cv / (m * m)
-            f2 = a_sa * inv_t2 / (2.0 * m)
-            for i in range(m):
-                for j in range(i + 1):
-                    x = f1 * v[i, j] + f2 * (v[i, i] * vd[j] + v[j, j] * vd[i])
-                    o[i, j] = x
-                    o[j, i] = x
-        if a_relu != 0.0:
-            for i in range(m):
-                for j in range(i):
-                    ss = math.sqrt(max(v[i, i], 0.0)) * math.sqrt(max(v[j, j], 0.0))
-                    if ss > 0.0:
-                        r = min(1.0, max(-1.0, v[i, j] / ss))
-                        x = a_relu * cnu * (math.sqrt(min(max(1.0 - r * r, 0.0), 1.0)) - r * math.acos(r)) * ss
-                        o[i, j] += x
-                        o[j, i] += x
+                c = v[i, j] - row[i] - row[j] + tot  # V symmetric: column means = row means
+                tr_cv += c * v[i, j]
+            dc[i] = v[i, i] - 2.0 * row[i] + tot
+            trc += dc[i]
+        for i in range(m):
+            s = 0.0
+            for k in range(m):
+                s += v[i, k] * (dc[k] - trc / m)
+            vd[i] = s
+        f1 = a_sa * inv_t2 * tr_cv / (m * m)
+        f2 = a_sa * inv_t2 / (2.0 * m)
+        for i in range(m):
+            for j in range(i + 1):
+                x = f1 * v[i, j] + f2 * (v[i, i] * vd[j] + v[j, j] * vd[i])
+                o[i, j] = x
+                o[j, i] = x
+    if a_relu != 0.0:
+        for i in range(m):
+            for j in range(i):
+                ss = math.sqrt(max(v[i, i], 0.0)) * math.sqrt(max(v[j, j], 0.0))
+                if ss > 0.0:
+                    r = min(1.0, max(-1.0, v[i, j] / ss))
+                    x = a_relu * cnu * (math.sqrt(min(max(1.0 - r * r, 0.0), 1.0)) - r * math.acos(r)) * ss
+                    o[i, j] += x
+                    o[j, i] += x
+
+
+@nb.njit(parallel=True, cache=True, fastmath=False)
+def _drift_kernel(V, a_sa, a_relu, tau0, c_plus, c_minus, work, out):
+    inv_t2 = 1.0 / (tau0 * tau0)
+    cnu = (c_plus - c_minus) ** 2 / (2.0 * math.pi)
+    for b in nb.prange(V.shape[0]):
+        _drift_path(V[b], a_sa, a_relu, inv_t2, cnu, work[b, 0], work[b, 1], work[b, 2], out[b])
 
 
 @nb.njit(cache=True, fastmath=False, inline="always")
-def _tri_left(L, w, full, T):
-    """T = L w for the factor L (lower triangular unless ``full``: the eigen root)."""
-    m = L.shape[0]
+def _mm(A, B, C, lower):
+    """C = A B for (m, m) matrices; A lower triangular if ``lower`` (columns k <= i only).
+
+    Row-times-matrix (axpy) order: the inner loop runs over independent outputs C[i, :],
+    so it vectorises, where dot-product order is a chain of dependent additions.
+    """
+    m = A.shape[0]
     for i in range(m):
         for j in range(m):
-            s = 0.0
-            for k in range(max(i + 1, full)):
-                s += L[i, k] * w[k, j]
-            T[i, j] = s
+            C[i, j] = 0.0
+        for k in range(i + 1 if lower else m):
+            a = A[i, k]
+            for j in range(m):
+                C[i, j] += a * B[k, j]
+
+
+@nb.njit(cache=True, fastmath=False, inline="always")
+def _diffusion_path(v, w1, w2, s_lin, s_sa, L, Lt, T, N, o):
+    """o += g(v) dW for one path: the factorised increment of _algebra.lin_noise + sa_noise.
+
+    w1, w2: (m, m) Brownian matrices (w2 unused when s_sa == 0); L, Lt, T, N: (m, m) scratch.
+    """
+    m = v.shape[0]
+    lower = _psd_factor(v, L) == 0  # Cholesky (lower triangular) or the symmetric eigen root
+    for i in range(m):
+        for j in range(m):
+            Lt[i, j] = L[j, i]
+    _mm(L, w1, T, lower)
+    _mm(T, Lt, N, False)  # N = L dW1 L^T
+    for i in range(m):
+        for j in range(m):
+            o[i, j] += s_lin * (N[i, j] + N[j, i])
+    if s_sa != 0.0:
+        _mm(L, w2, T, lower)
+        _mm(T, Lt, N, False)  # L dW2 L^T
+        for i in range(m):
+            mean = 0.0
+            for j in range(m):
+                mean += N[i, j]
+            mean /= m
+            for j in range(m):
+                N[i, j] -= mean  # E P
+        _mm(N, v, T, False)  # F = E P V
+        for i in range(m):
+            for j in range(m):
+                o[i, j] += s_sa * (T[i, j] + T[j, i])
 
 
 @nb.njit(parallel=True, cache=True, fastmath=False)
 def _diffusion_kernel(V, dW, k_lin, k_sa, tau0, work, out):
-    B, m, _ = V.shape
+    m = V.shape[1]
     s_lin = math.sqrt(k_lin / 2.0)
     s_sa = math.sqrt(k_sa) / (tau0 * m)
-    for b in nb.prange(B):
-        v = V[b]
+    for b in nb.prange(V.shape[0]):
         o = out[b]
-        L = work[b, 0]
-        T = work[b, 1]
-        N = work[b, 2]
-        full = _psd_factor(v, L)
-        # T = L dW1 (L lower triangular), N = T L^T
-        _tri_left(L, dW[b, 0], full, T)
         for i in range(m):
             for j in range(m):
-                s = 0.0
-                for k in range(m):
-                    s += T[i, k] * L[j, k]
-                N[i, j] = s
-        for i in range(m):
-            for j in range(m):
-                o[i, j] = s_lin * (N[i, j] + N[j, i])
-        if k_sa != 0.0:
-            _tri_left(L, dW[b, 1], full, T)
+                o[i, j] = 0.0
+        w = dW[b]
+        wk = work[b]
+        _diffusion_path(V[b], w[0], w[w.shape[0] - 1], s_lin, s_sa, wk[0], wk[1], wk[2], wk[3], o)
+
+
+@nb.njit(cache=True, fastmath=False, inline="always")
+def _psd_clip(X, L):
+    """Frobenius projection of the symmetric X onto the PSD cone, in place (as matrix_steppers.psd_project).
+
+    Unchanged where a plain Cholesky succeeds; else eigenvalues below zero are set to zero.
+    """
+    m = X.shape[0]
+    for j in range(m):
+        s = X[j, j]
+        for k in range(j):
+            s -= L[j, k] * L[j, k]
+        if not s > 0.0:
+            break
+        L[j, j] = math.sqrt(s)
+        for i in range(j + 1, m):
+            s = X[i, j]
+            for k in range(j):
+                s -= L[i, k] * L[j, k]
+            L[i, j] = s / L[j, j]
+    else:
+        return
+    w, U = np.linalg.eigh(X)
+    if w[0] >= 0.0:  # singular but not indefinite: psd_project leaves it too
+        return
+    for i in range(m):
+        for j in range(i + 1):  # mirrored: the projection is exactly symmetric
+            s = 0.0
+            for k in range(m):
+                if w[k] > 0.0:
+                    s += U[i, k] * w[k] * U[j, k]
+            X[i, j] = s
+            X[j, i] = s
+
+
+@nb.njit(parallel=True, cache=True, fastmath=False)
+def _em_kernel(V, exited, k_first, count, key0, key1, sqdt, dt, a_sa, a_relu, tau0, c_plus, c_minus, k_lin, k_sa,
+               threshold, psd, out, new_bad):  # fmt: skip
+    """One Euler-Maruyama step for every path, noise drawn in place (the rows of BrownianIncrements).
+
+    out[b] = sym(V[b] + dt drift + g dW) (projected onto the PSD cone if ``psd``); a path that is
+    already ``exited`` is copied, one that becomes non-finite or exceeds ``threshold`` keeps V[b]
+    and is flagged in ``new_bad``.
+    """
+    B, m, _ = V.shape
+    n_noise = 2 if k_sa != 0.0 else 1
+    inv_t2 = 1.0 / (tau0 * tau0)
+    cnu = (c_plus - c_minus) ** 2 / (2.0 * math.pi)
+    s_lin = math.sqrt(k_lin / 2.0)
+    s_sa = math.sqrt(k_sa) / (tau0 * m)
+    n_chunks = (B + _CHUNK - 1) // _CHUNK
+    for c in nb.prange(n_chunks):  # chunks of paths: the scratch is allocated once per chunk
+        w = np.empty(n_noise * m * m)
+        bits = np.empty(2 * ((n_noise * m * m + 1) // 2), dtype=np.uint64)
+        w3 = w.reshape((n_noise, m, m))
+        vec = np.empty((3, m))
+        S = np.empty((6, m, m))
+        D = S[4]
+        G = S[5]
+        for b in range(c * _CHUNK, min(B, (c + 1) * _CHUNK)):
+            v = V[b]
+            o = out[b]
+            new_bad[b] = False
+            if exited[b]:
+                o[:, :] = v
+                continue
+            for i in range(count):
+                row_normals(k_first + i, b, key0, key1, sqdt, i > 0, w, bits)
+            _drift_path(v, a_sa, a_relu, inv_t2, cnu, vec[0], vec[1], vec[2], D)
+            G[:, :] = 0.0
+            _diffusion_path(v, w3[0], w3[n_noise - 1], s_lin, s_sa, S[0], S[1], S[2], S[3], G)
             for i in range(m):
-                mean = 0.0
                 for j in range(m):
-                    s = 0.0
-                    for k in range(m):
-                        s += T[i, k] * L[j, k]
-                    N[i, j] = s
-                    mean += s
-                mean /= m
-                for j in range(m):
-                    N[i, j] -= mean  # E P
+                    D[i, j] = v[i, j] + dt * D[i, j] + G[i, j]  # the order of euler_maruyama_step
+            bad = False
             for i in range(m):
                 for j in range(m):
-                    s = 0.0
-                    for k in range(m):
-                        s += N[i, k] * v[k, j]
-                    T[i, j] = s  # F = E P V
+                    x = 0.5 * (D[i, j] + D[j, i])
+                    o[i, j] = x
+                    if not math.isfinite(x):
+                        bad = True
+            if psd and not bad:
+                _psd_clip(o, S[0])
             for i in range(m):
                 for j in range(m):
-                    o[i, j] += s_sa * (T[i, j] + T[j, i])
+                    if abs(o[i, j]) > threshold:
+                        bad = True
+            if bad:
+                new_bad[b] = True
+                o[:, :] = v
 
 
 @nb.njit(cache=True)
@@ -227,7 +328,7 @@ def diffusion(V: np.ndarray, dW: np.ndarray, k_lin: float, k_sa: float, tau0: fl
     dW = np.ascontiguousarray(dW, dtype=V.dtype)
     out = np.empty_like(V)
     m = V.shape[-1]
-    work = np.empty((V.shape[0], 3, m, m))
+    work = np.empty((V.shape[0], 4, m, m))
     _diffusion_kernel(V, dW, float(k_lin), float(k_sa), float(tau0), work, out)
     return out
 
@@ -238,3 +339,14 @@ def correlation_drift(x: np.ndarray, a: float, k: float, cnu: float) -> np.ndarr
     out = np.empty_like(x)
     _corr_drift_kernel(x, float(a), float(k), float(cnu), out)
     return out
+
+
+def em_step(V, exited, k_first, count, key, sqdt, dt, coef, tau0, c_plus, c_minus, threshold, psd):
+    """One fused (PSD-)Euler-Maruyama step; returns (V_new, newly_bad). See :func:`_em_kernel`."""
+    out = np.empty_like(V)
+    new_bad = np.empty(V.shape[0], dtype=np.bool_)
+    thr = math.inf if threshold is None else float(threshold)
+    _em_kernel(V, exited, int(k_first), int(count), np.uint64(key[0]), np.uint64(key[1]), float(sqdt), float(dt),
+               float(coef.a_sa), float(coef.a_relu), float(tau0), float(c_plus), float(c_minus), float(coef.k_lin),
+               float(coef.k_sa), thr, bool(psd), out, new_bad)  # fmt: skip
+    return out, new_bad

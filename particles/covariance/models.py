@@ -167,11 +167,7 @@ class _CovarianceSDE:
     def diffusion(self, t, V, dw):
         """g(V) dW through the factorisation; dw of shape ``noise_shape`` (batch, 1 or 2, m, m)."""
         c = self.coefficients
-        L = alg.psd_factor(V)
-        out = alg.lin_noise(L, dw[:, 0], c.k_lin)
-        if c.k_sa:
-            out = out + alg.sa_noise(L, V, dw[:, 1], c.k_sa, self.tau0)
-        return out
+        return alg.noise_increment(alg.psd_factor(V), V, dw, c.k_lin, c.k_sa, self.tau0)
 
     def numba_drift(self, t, V):
         from . import _numba_kernels as nk
@@ -184,6 +180,12 @@ class _CovarianceSDE:
 
         c = self.coefficients
         return nk.diffusion(V, dw, c.k_lin, c.k_sa, self.tau0)
+
+    def fused_sde_step(self, stepper_name: str, backend, noise):
+        """A fused one-step map for ``solve`` (see :mod:`particles.covariance._fused`), or None."""
+        from ._fused import fused_sde_step
+
+        return fused_sde_step(self, stepper_name, backend, noise)
 
     def covariance_tensor(self, V: np.ndarray) -> np.ndarray:
         """The full Sigma(V)^{ab,cd} (..., m, m, m, m): for tests and small m only."""

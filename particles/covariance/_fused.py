@@ -1,0 +1,118 @@
+"""Fused Euler-Maruyama steps for the covariance SDEs (``solve`` asks for them through the backend).
+
+The generic path draws the (batch, 2, m, m) Brownian increment, evaluates the drift and
+the factorised diffusion in two passes, adds them, symmetrises and checks exits through
+numpy. On the numba backend one compiled pass per path does all of it, drawing the path's
+Brownian row in place from the same counter-based stream as
+:class:`integrators.BrownianIncrements`. On the torch backend the step stays on the
+device: the increment is drawn into one reused buffer, b_SA uses the closed form
+tr(PVPV) = |V|_F^2 - 2m |r|^2 + m^2 t^2 (r the row means, t their mean) instead of
+forming PVP, the symmetric parts are built so that the new state is exactly symmetric,
+and the exit check is one reduction. Both give the generic step's numbers up to
+rounding (tests/test_cov_fused.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["fused_sde_step"]
+
+_PSD = {"euler-maruyama": False, "psd-euler-maruyama": True}
+_CPU_CHUNK = 2048  # paths per torch pass on the CPU
+
+
+def fused_sde_step(model, stepper_name: str, backend, noise):
+    """``step(t, V, h, k, exited, threshold) -> (V_new, newly_exited)`` or None where not offered.
+
+    Offered for (psd-)Euler-Maruyama on the numba backend in float64 with a
+    :class:`integrators.BrownianIncrements` path (any coarsening factor).
+    """
+    from integrators.brownian import BrownianIncrements
+
+    if stepper_name not in _PSD or type(noise) is not BrownianIncrements:
+        return None
+    if backend.name == "torch":
+        return _torch_step(model, backend, noise, _PSD[stepper_name])
+    if backend.name != "numba" or backend.dtype != "float64":
+        return None
+    from . import _numba_kernels as nk
+
+    coef = model.coefficients
+    key, factor, sqdt, psd = noise.key, noise.factor, math.sqrt(noise.dt), _PSD[stepper_name]
+
+    def step(t, V, h, k, exited, threshold):
+        return nk.em_step(np.ascontiguousarray(V), exited, k * factor, factor, key, sqdt, h, coef, model.tau0,
+                          model.c_plus, model.c_minus, threshold, psd)  # fmt: skip
+
+    return step
+
+
+def _torch_step(model, backend, noise, psd: bool):
+    import torch
+
+    from integrators.matrix_steppers import psd_project
+
+    from . import _algebra as alg
+
+    c = model.coefficients
+    buf = {}
+    cnu = (model.c_plus - model.c_minus) ** 2 / (2.0 * math.pi)
+
+    def drift(V):
+        m = V.shape[-1]
+        D = torch.zeros_like(V)
+        if c.a_sa:
+            r = V.mean(dim=-1)  # row means = column means (V symmetric)
+            t = r.mean(dim=-1, keepdim=True)
+            tr_cv = (V * V).sum(dim=(-2, -1)) - 2 * m * (r * r).sum(dim=-1) + (m * t[:, 0]) ** 2
+            dv = V.diagonal(dim1=-2, dim2=-1)
+            dc = dv - 2 * r + t
+            d = dc - dc.mean(dim=-1, keepdim=True)
+            vd = (V @ d[..., None])[..., 0]
+            cross = dv[:, :, None] * vd[:, None, :]
+            f = c.a_sa / model.tau0**2
+            D.add_(V * (tr_cv * (f / m**2))[:, None, None]).add_(cross + cross.mT, alpha=f / (2 * m))
+        if c.a_relu:  # on the m(m-1)/2 pairs i > j, with 1-d index_select / index_add_ (cheaper than V[:, i, j])
+            i, j = alg._strict_lower(m, V)
+            low_ij, up_ij = i * m + j, j * m + i
+            s = V.diagonal(dim1=-2, dim2=-1).clamp(min=0).sqrt()
+            ss = s.index_select(1, i) * s.index_select(1, j)
+            vij = V.reshape(V.shape[0], m * m).index_select(1, low_ij)
+            rho = torch.where(ss > 0, vij / torch.where(ss > 0, ss, 1.0), 0.0).clamp(-1.0, 1.0)
+            low = ((1.0 - rho * rho).clamp(0.0, 1.0).sqrt() - rho * rho.arccos()).mul_(ss * (c.a_relu * cnu))
+            flat = D.view(V.shape[0], m * m)
+            flat.index_add_(1, low_ij, low).index_add_(1, up_ij, low)
+        return D
+
+    def one(V, dW, h, frozen, limit):
+        X = alg.noise_increment(alg.psd_factor(V), V, dW, c.k_lin, c.k_sa, model.tau0, symmetric=False)
+        Y = torch.add(V, drift(V), alpha=h).add_(X + X.mT)  # exactly symmetric: V, D and X + X^T are
+        if psd:
+            Y = psd_project(Y)
+        ok = Y.abs().amax(dim=(-2, -1)) <= limit  # NaN compares False: flagged with inf and overflow
+        new = ~ok & ~frozen
+        keep = new | frozen
+        if bool(keep.any()):
+            Y = torch.where(keep[:, None, None], V, Y)
+        return Y, new
+
+    def step(t, V, h, k, exited, threshold):
+        B = V.shape[0]
+        if "w" not in buf:
+            buf["w"] = np.empty((B, int(np.prod(noise.shape[1:]))))
+            buf["wt"] = torch.from_numpy(buf["w"])  # shares memory with the numpy buffer
+        noise.fill(k, buf["w"])
+        dW = buf["wt"].reshape(noise.shape).to(device=V.device, dtype=V.dtype, non_blocking=True)
+        limit = min(math.inf if threshold is None else float(threshold), torch.finfo(V.dtype).max)
+        frozen = torch.as_tensor(exited, device=V.device)
+        # on the CPU, chunks whose temporaries stay in cache (measured: 1.3-1.5x faster than one pass)
+        size = _CPU_CHUNK if V.device.type == "cpu" else B
+        parts = [one(V[a : a + size], dW[a : a + size], h, frozen[a : a + size], limit) for a in range(0, B, size)]
+        Y = parts[0][0] if len(parts) == 1 else torch.cat([p[0] for p in parts])
+        new = parts[0][1] if len(parts) == 1 else torch.cat([p[1] for p in parts])
+        return Y, new.cpu().numpy()
+
+    return step
