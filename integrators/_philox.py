@@ -14,6 +14,10 @@ u1 in (0, 1) (53 bits), b the angle theta = q pi/2 + phi (q: 2 bits, phi uniform
 For odd P the last block's second normal is unused. Counters never repeat, so distinct
 (k, r, j) never share random bits.
 
+Kernels elsewhere inline :func:`row_normals` (the fused covariance step); numba's
+on-disk cache does not see a change here, so that module drops its cached kernel when
+the hash of this file changes (``particles.covariance._numba_kernels``).
+
 References
 ----------
 Salmon, Moraes, Dror, Shaw, "Parallel random numbers: as easy as 1, 2, 3", SC11

@@ -2,8 +2,12 @@
 
 They follow :mod:`particles.covariance._algebra` line by line (the same Cholesky
 factor, the same eigen-clipped fallback), so the numba and numpy/torch backends
-agree path by path up to rounding. Coefficients arrive as arguments: a new gamma or
-tau0 never triggers a recompile.
+agree path by path up to rounding. Each piece is a per-path function (drift, diffusion,
+PSD projection) that three parallel kernels share: the drift, the diffusion, and the
+fused (PSD-)Euler-Maruyama step, which also draws the path's Brownian row in place
+(:func:`integrators._philox.row_normals`). Small products run in row-times-matrix order
+so that the inner loops vectorise. Coefficients arrive as arguments: a new gamma or tau0
+never triggers a recompile.
 """
 
 from __future__ import annotations
@@ -18,6 +22,35 @@ from integrators._philox import row_normals
 __all__ = ["correlation_drift", "diffusion", "drift", "em_step"]
 
 _CHUNK = 32  # paths per parallel work item of the fused step
+
+
+def _drop_stale_fused_cache() -> None:
+    """Numba's on-disk cache checks only the timestamp of the file defining a kernel, but the
+    fused step inlines :mod:`integrators._philox`: after that file changes (a ``git pull`` in an
+    editable install), the cached fused kernel would still draw the old numbers. A marker named
+    by the hash of _philox.py records which version the cache belongs to; on a mismatch the
+    fused kernel's cache files are removed. Read-only installs skip this (nothing is written)."""
+    import hashlib
+    from pathlib import Path
+
+    import integrators._philox as ph
+
+    try:
+        digest = hashlib.sha256(Path(ph.__file__).read_bytes()).hexdigest()[:16]
+        cache = Path(__file__).parent / "__pycache__"
+        marker = cache / f"{Path(__file__).stem}.philox-{digest}.stamp"
+        if marker.exists() or not cache.is_dir():
+            return
+        for f in cache.glob(f"{Path(__file__).stem}._em_kernel-*.nb[ic]"):
+            f.unlink()
+        for f in cache.glob(f"{Path(__file__).stem}.philox-*.stamp"):
+            f.unlink()
+        marker.touch()
+    except OSError:
+        pass
+
+
+_drop_stale_fused_cache()
 
 
 @nb.njit(cache=True, fastmath=False)
@@ -48,10 +81,10 @@ def _factor(V, L):
 
 @nb.njit(cache=True, fastmath=False)
 def _psd_factor(V, L):
-    """Fill L with a factor of V; returns the number of leading columns to sum over per row.
+    """Fill L with a factor of V; returns 0 for a Cholesky factor (lower triangular), m for a full one.
 
-    Cholesky (lower triangular: row i needs columns 0..i, returned as 0) or, when V is
-    not numerically positive definite, the symmetric eigen-clipped root (full: returned as m).
+    Cholesky, or, when V is not numerically positive definite, the symmetric
+    eigen-clipped root (as :func:`particles.covariance._algebra.psd_factor`).
     """
     if _factor(V, L):
         return 0
