@@ -45,7 +45,9 @@ def _pair(backend_fused, backend_plain, model, method, V0, T, dt, factor=1, thre
 def test_fused_equals_generic(name, method, backend):
     model = MODELS[name]
     fused, plain = (NumbaBackend(), NumbaBackend(fused=False)) if backend == "numba" else (TorchBackend(), TorchBackend(fused=False))
-    a, b = _pair(fused, plain, model, method, _v0(), 0.4, 0.02, factor=3)
+    # paths that pass 1e4 are stopped: beyond, the cubic attention drift races to overflow and
+    # amplifies round-off without bound
+    a, b = _pair(fused, plain, model, method, _v0(), 0.4, 0.02, factor=3, threshold=1e4)
     assert a.x.shape == b.x.shape == (3, 96, 4, 4)
     assert np.array_equal(a.exited, b.exited)
     assert np.max(np.abs(a.x - b.x)) <= 1e-12 * np.max(np.abs(b.x))

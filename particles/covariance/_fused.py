@@ -28,8 +28,8 @@ _CPU_CHUNK = 2048  # paths per torch pass on the CPU
 def fused_sde_step(model, stepper_name: str, backend, noise):
     """``step(t, V, h, k, exited, threshold) -> (V_new, newly_exited)`` or None where not offered.
 
-    Offered for (psd-)Euler-Maruyama on the numba backend in float64 with a
-    :class:`integrators.BrownianIncrements` path (any coarsening factor).
+    Offered for (psd-)Euler-Maruyama with a :class:`integrators.BrownianIncrements` path
+    (any coarsening factor), on the numba backend in float64 and on the torch backend.
     """
     from integrators.brownian import BrownianIncrements
 
@@ -95,62 +95,6 @@ def _torch_step(model, backend, noise, psd: bool):
 
     def one(V, dW, h, frozen, limit):
         Y = increment(V, dW, h)
-        if psd:
-            Y = psd_project(Y)
-        ok = Y.abs().amax(dim=(-2, -1)) <= limit  # NaN compares False: flagged with inf and overflow
-        new = ~ok & ~frozen
-        keep = new | frozen
-        if bool(keep.any()):
-            Y = torch.where(keep[:, None, None], V, Y)
-        return Y, new
-
-    def step(t, V, h, k, exited, threshold):
-        return nk.em_step(np.ascontiguousarray(V), exited, k * factor, factor, key, sqdt, h, coef, model.tau0,
-                          model.c_plus, model.c_minus, threshold, psd)  # fmt: skip
-
-    return step
-
-
-def _torch_step(model, backend, noise, psd: bool):
-    import torch
-
-    from integrators.matrix_steppers import psd_project
-
-    from . import _algebra as alg
-
-    c = model.coefficients
-    buf = {}
-    cnu = (model.c_plus - model.c_minus) ** 2 / (2.0 * math.pi)
-
-    def drift(V):
-        m = V.shape[-1]
-        D = torch.zeros_like(V)
-        if c.a_sa:
-            r = V.mean(dim=-1)  # row means = column means (V symmetric)
-            t = r.mean(dim=-1, keepdim=True)
-            tr_cv = (V * V).sum(dim=(-2, -1)) - 2 * m * (r * r).sum(dim=-1) + (m * t[:, 0]) ** 2
-            dv = V.diagonal(dim1=-2, dim2=-1)
-            dc = dv - 2 * r + t
-            d = dc - dc.mean(dim=-1, keepdim=True)
-            vd = (V @ d[..., None])[..., 0]
-            cross = dv[:, :, None] * vd[:, None, :]
-            f = c.a_sa / model.tau0**2
-            D.add_(V * (tr_cv * (f / m**2))[:, None, None]).add_(cross + cross.mT, alpha=f / (2 * m))
-        if c.a_relu:  # on the m(m-1)/2 pairs i > j, with 1-d index_select / index_add_ (cheaper than V[:, i, j])
-            i, j = alg._strict_lower(m, V)
-            low_ij, up_ij = i * m + j, j * m + i
-            s = V.diagonal(dim1=-2, dim2=-1).clamp(min=0).sqrt()
-            ss = s.index_select(1, i) * s.index_select(1, j)
-            vij = V.reshape(V.shape[0], m * m).index_select(1, low_ij)
-            rho = torch.where(ss > 0, vij / torch.where(ss > 0, ss, 1.0), 0.0).clamp(-1.0, 1.0)
-            low = ((1.0 - rho * rho).clamp(0.0, 1.0).sqrt() - rho * rho.arccos()).mul_(ss * (c.a_relu * cnu))
-            flat = D.view(V.shape[0], m * m)
-            flat.index_add_(1, low_ij, low).index_add_(1, up_ij, low)
-        return D
-
-    def one(V, dW, h, frozen, limit):
-        X = alg.noise_increment(alg.psd_factor(V), V, dW, c.k_lin, c.k_sa, model.tau0, symmetric=False)
-        Y = torch.add(V, drift(V), alpha=h).add_(X + X.mT)  # exactly symmetric: V, D and X + X^T are
         if psd:
             Y = psd_project(Y)
         ok = Y.abs().amax(dim=(-2, -1)) <= limit  # NaN compares False: flagged with inf and overflow
