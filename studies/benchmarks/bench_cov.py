@@ -68,9 +68,8 @@ def _kept(V, exited=None):
     finite and below EXIT, and ends with positive variances. Plain Euler-Maruyama (ours and
     torchsde's) can leave the PSD cone; torchsde has no exit handling, so for it the rule is
     applied to the final state only."""
-    ok = np.all(np.isfinite(V), axis=(-1, -2))
     with np.errstate(invalid="ignore"):
-        ok &= np.nanmax(np.abs(V), axis=(-1, -2)) <= EXIT
+        ok = np.max(np.abs(V), axis=(-1, -2)) <= EXIT  # NaN compares False
         ok &= (V[..., 0, 0] > 0) & (V[..., 1, 1] > 0)
     if exited is not None:
         ok &= ~exited
