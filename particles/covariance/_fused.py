@@ -62,12 +62,19 @@ def _torch_step(model, backend, noise, psd: bool):
     buf = {}
     cnu = (model.c_plus - model.c_minus) ** 2 / (2.0 * math.pi)
 
+    def factor(V):
+        """alg.psd_factor's Cholesky branch in five ops; any doubtful matrix takes the full rule."""
+        L, info = torch.linalg.cholesky_ex(V)
+        floor = (8 * V.shape[-1] * torch.finfo(V.dtype).eps) * V.diagonal(dim1=-2, dim2=-1).abs().amax(dim=-1)
+        ok = (info == 0) & (L.diagonal(dim1=-2, dim2=-1).square().amin(dim=-1) > floor)  # NaN: not ok
+        return L if bool(ok.all()) else alg.psd_factor(V)
+
     def increment(V, dW, h):
         """V + h drift + g dW as s V + (X + X^T): the non-symmetric parts of the drift
         (b_SA's cross term, b_ReLU's lower triangle) ride in X, so one symmetrisation serves
         all and the result is exactly symmetric."""
         m = V.shape[-1]
-        X = alg.noise_increment(alg.psd_factor(V), V, dW, c.k_lin, c.k_sa, model.tau0, symmetric=False)
+        X = alg.noise_increment(factor(V), V, dW, c.k_lin, c.k_sa, model.tau0, symmetric=False)
         scale = None
         if c.a_sa:
             r = V.mean(dim=-1)  # row means = column means (V symmetric)
