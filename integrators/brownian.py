@@ -20,7 +20,11 @@ from particles.validation import check_positive, check_positive_int
 
 from ._philox import fill_normals
 
-__all__ = ["BrownianIncrements"]
+__all__ = ["BrownianIncrements", "GENERATOR"]
+
+#: Name and layout version of the normal stream (stored with seeded runs): a seed
+#: reproduces a path only under the same generator.
+GENERATOR = "philox4x32-10/box-muller/rows-v1"
 
 _TAG = 0x4257  # "BW": the Brownian stream's spawn-key prefix
 

@@ -160,7 +160,10 @@ def run_and_store(
     progress = opts["progress"] if opts["progress"] is not None else sys.stderr.isatty()
     all_attrs = {"t_end": opts["t_end"], "options_json": json.dumps(_jsonable(opts)), **(attrs or {})}
     if noise_seed is not None:
+        from integrators.brownian import GENERATOR
+
         all_attrs["noise_seed"] = noise_seed
+        all_attrs["noise_generator"] = GENERATOR  # a seed reproduces a path only with the same generator
     writer = RunWriter(
         out,
         model=model,

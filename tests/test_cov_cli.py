@@ -40,6 +40,16 @@ def test_simulate_shaped_block_writes_V(tmp_path):
     assert np.allclose(run.state[0], V0)
     assert run.params["gamma"] == 0.35 and run.params["k_lin"] == pytest.approx(0.35**2 * (4 - 0.35**2))
     assert run.attrs["n_exited"] == 0
+    # the seed and the generator that turns it into the Brownian path are both on record
+    from integrators import BrownianIncrements, solve
+    from integrators.brownian import GENERATOR
+    from particles.covariance import ShapedBlockSDE
+
+    assert run.attrs["noise_generator"] == GENERATOR
+    path = BrownianIncrements((8, 2, 4, 4), 0.01, int(run.attrs["noise_seed"]))
+    again = solve(ShapedBlockSDE(0.35, 1.0), np.repeat(V0[None], 8, axis=0), 0.2, dt=0.01, method=run.attrs["integrator"],
+                  brownian=path).final  # fmt: skip
+    assert np.allclose(again, run.state[-1], rtol=0, atol=1e-12)
 
 
 def test_simulate_from_toml_and_v0_file(tmp_path):
