@@ -24,7 +24,7 @@ __all__ = ["BrownianIncrements", "GENERATOR"]
 
 #: Name and layout version of the normal stream (stored with seeded runs): a seed
 #: reproduces a path only under the same generator.
-GENERATOR = "philox4x32-10/box-muller/rows-v1"
+GENERATOR = "philox4x32-10/ziggurat256/rows-v1"
 
 _TAG = 0x4257  # "BW": the Brownian stream's spawn-key prefix
 

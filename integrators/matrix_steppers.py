@@ -7,7 +7,8 @@ factor of the diffusion no longer exists. :func:`psd_euler_maruyama_step` takes
 the Euler-Maruyama step and projects it onto the PSD cone in the Frobenius norm
 (eigenvalues clipped at zero). The exact solution lies in the cone and the
 projection onto a closed convex set is 1-Lipschitz, so the projection never
-increases the distance to it: the strong order of Euler-Maruyama (1/2) is kept.
+increases the distance to it: the strong order of Euler-Maruyama (1/2) is kept
+(eigenvalues at round-off level are zeroed as well, a change of order eps).
 Away from the boundary the step is plain Euler-Maruyama.
 
 The other PSD-preserving discretisation, the exact finite-width chain with
@@ -27,12 +28,15 @@ __all__ = ["psd_euler_maruyama_step", "psd_project"]
 
 
 def psd_project(V):
-    """Frobenius projection of symmetric (..., m, m) matrices onto the PSD cone.
+    """Projection of symmetric (..., m, m) matrices onto the PSD cone, round-off zeros included.
 
-    Matrices that are already numerically positive definite (their Cholesky
-    factorisation succeeds) are returned unchanged; the others get
-    U max(Lambda, 0) U^T. Non-finite matrices are returned unchanged (the driver
-    flags those paths as exited). numpy or torch.
+    Matrices that are numerically positive definite (their Cholesky factorisation
+    succeeds) are returned unchanged; the others get U Lambda_+ U^T, where Lambda_+
+    keeps the eigenvalues above 8 m eps max|lambda| and sets the rest to zero. That is
+    the Frobenius projection onto the cone up to round-off; zeroing the round-off
+    eigenvalues as well keeps them from accumulating step after step (a rank-one state
+    stays rank one to ~eps). The result is exactly symmetric. Non-finite matrices are
+    returned unchanged (the driver flags those paths as exited). numpy or torch.
     """
     if is_torch(V):
         import torch
@@ -43,7 +47,8 @@ def psd_project(V):
             return V
         out = V.clone()
         w, U = torch.linalg.eigh(V[bad])
-        P = (U * w.clamp(min=0)[..., None, :]) @ U.transpose(-1, -2)
+        floor = 8 * w.shape[-1] * torch.finfo(w.dtype).eps * w.abs().amax(dim=-1, keepdim=True)
+        P = (U * torch.where(w > floor, w, 0.0)[..., None, :]) @ U.transpose(-1, -2)
         out[bad] = 0.5 * (P + P.transpose(-1, -2))
         return out
     try:
@@ -51,14 +56,21 @@ def psd_project(V):
         return V
     except np.linalg.LinAlgError:
         pass
-    # non-finite matrices are left alone: the driver flags and freezes those paths
-    ok = np.all(np.isfinite(V), axis=(-1, -2))
-    out = np.array(V, copy=True)
-    w, U = np.linalg.eigh(np.where(ok[..., None, None], V, 0.0))
-    neg = np.any(w < 0, axis=-1) & ok
-    P = (U[neg] * np.clip(w[neg], 0, None)[..., None, :]) @ np.swapaxes(U[neg], -1, -2)
-    out[neg] = 0.5 * (P + np.swapaxes(P, -1, -2))  # exactly symmetric, as the states it replaces
-    return out
+    flat = V.reshape((-1,) + V.shape[-2:])
+    out = np.array(flat, copy=True)
+    bad = np.zeros(len(flat), dtype=bool)
+    for i, v in enumerate(flat):  # only reached when some matrix is not positive definite
+        if not np.all(np.isfinite(v)):
+            continue  # the driver flags and freezes those paths
+        try:
+            np.linalg.cholesky(v)
+        except np.linalg.LinAlgError:
+            bad[i] = True
+    w, U = np.linalg.eigh(flat[bad])
+    floor = 8 * w.shape[-1] * np.finfo(w.dtype).eps * np.abs(w).max(axis=-1, keepdims=True)
+    P = (U * np.where(w > floor, w, 0.0)[..., None, :]) @ np.swapaxes(U, -1, -2)
+    out[bad] = 0.5 * (P + np.swapaxes(P, -1, -2))
+    return out.reshape(V.shape)
 
 
 def psd_euler_maruyama_step(f, t, x, dt, space, g=None, dw=None):

@@ -43,7 +43,7 @@ def test_increments_are_standard_normal():
 
 
 def test_pairs_rows_and_steps_are_uncorrelated():
-    """The two normals of one Box-Muller pair, neighbouring rows, successive increments and
+    """Neighbouring normals (one Philox block), neighbouring rows, successive increments and
     different seeds: sample correlations within 4 standard errors of zero."""
     b = BrownianIncrements((4000, 64), 1.0, seed=7)
     z0, z1 = b(0), b(1)
@@ -52,7 +52,7 @@ def test_pairs_rows_and_steps_are_uncorrelated():
     tol = 4 / np.sqrt(n / 2)
     for x, y in [(z0[:, 0::2], z0[:, 1::2]), (z0[:-1], z0[1:]), (z0, z1), (z0, other)]:
         assert abs(np.corrcoef(x.ravel(), y.ravel())[0, 1]) < tol
-    # squares of a pair: Box-Muller pairs are independent, not merely uncorrelated
+    # squares of neighbours: independent, not merely uncorrelated
     assert abs(np.corrcoef(z0[:, 0::2].ravel() ** 2, z0[:, 1::2].ravel() ** 2)[0, 1]) < tol
 
 
@@ -94,3 +94,18 @@ def test_float32_is_the_rounded_float64_path():
 def test_bad_fill_buffer_is_rejected():
     with pytest.raises(ValueError, match="C-contiguous float64"):
         BrownianIncrements((4, 3), 0.1, seed=0).fill(0, np.empty((3, 4)))
+
+
+def test_fine_histogram_and_ziggurat_tail():
+    """4e6 draws: chi-square over 161 bins of width 0.05 plus two tails (p > 0.001), and the
+    counts beyond the ziggurat's tail start r = 3.654 and beyond 4.5 within 4 sigma of Poisson."""
+    z = np.concatenate([BrownianIncrements((5000, 200), 1.0, seed=s)(0).ravel() for s in (31, 32, 33, 34)])
+    n = z.size
+    edges = np.concatenate([[-np.inf], np.linspace(-4.0, 4.0, 161), [np.inf]])
+    observed = np.histogram(z, edges)[0]
+    expected = n * np.diff(stats.norm.cdf(edges))
+    chi2 = float(np.sum((observed - expected) ** 2 / expected))
+    assert stats.chi2.sf(chi2, len(observed) - 1) > 1e-3
+    for c in (3.6541528853610088, 4.5):
+        expect = n * 2 * stats.norm.sf(c)
+        assert abs(np.sum(np.abs(z) > c) - expect) < 4 * np.sqrt(expect)

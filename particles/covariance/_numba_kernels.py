@@ -229,9 +229,10 @@ def _diffusion_kernel(V, dW, k_lin, k_sa, tau0, work, out):
 
 @nb.njit(cache=True, fastmath=False, inline="always")
 def _psd_clip(X, L):
-    """Frobenius projection of the symmetric X onto the PSD cone, in place (as matrix_steppers.psd_project).
+    """Projection of the symmetric X onto the PSD cone, in place (as matrix_steppers.psd_project).
 
-    Unchanged where a plain Cholesky succeeds; else eigenvalues below zero are set to zero.
+    Unchanged where a plain Cholesky succeeds; else eigenvalues at or below the round-off
+    floor 8 m eps max|lambda| (negative ones included) are set to zero.
     """
     m = X.shape[0]
     for j in range(m):
@@ -249,13 +250,15 @@ def _psd_clip(X, L):
     else:
         return
     w, U = np.linalg.eigh(X)
-    if w[0] >= 0.0:  # singular but not indefinite: psd_project leaves it too
-        return
+    floor = 0.0
+    for k in range(m):
+        floor = max(floor, abs(w[k]))
+    floor *= 8.0 * m * 2.220446049250313e-16  # round-off zeros, as psd_project
     for i in range(m):
         for j in range(i + 1):  # mirrored: the projection is exactly symmetric
             s = 0.0
             for k in range(m):
-                if w[k] > 0.0:
+                if w[k] > floor:
                     s += U[i, k] * w[k] * U[j, k]
             X[i, j] = s
             X[j, i] = s
