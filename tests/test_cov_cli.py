@@ -8,15 +8,7 @@ from studies.cli import main
 from studies.store import read_run
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Tiny torch kernels pay OpenMP start-up on a busy 2-core machine; results do not depend on it.
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _one_line_error(capsys, rc, *needles):

@@ -8,7 +8,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from scipy import stats
 
 from integrators import BrownianIncrements, solve
@@ -19,12 +18,7 @@ GAMMA, TAU0, RHO0, N_WIDTH, DEPTH, SAMPLES = 1 / math.sqrt(8), 1.0, 0.2, 200, 15
 V2 = np.array([[1.0, RHO0], [RHO0, 1.0]])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _rho(V):

@@ -19,15 +19,7 @@ from particles.validation import ParameterError
 V3 = np.array([[1.0, 0.3, -0.1], [0.3, 0.8, 0.2], [-0.1, 0.2, 1.2]])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Tiny torch kernels pay OpenMP start-up on a busy 2-core machine; results do not depend on it.
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _b_sa_loops(V, tau0):

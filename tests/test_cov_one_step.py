@@ -16,7 +16,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from particles.covariance import one_step_moments
 from particles.networks import ShapedTransformer
@@ -27,12 +26,7 @@ GAMMA, TAU0, CP, CM = 0.7, 0.5, 0.2, -0.9
 UNIQUE = np.triu_indices(3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _net(n, layers):

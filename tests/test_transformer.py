@@ -16,13 +16,7 @@ T = 1.0
 LAYERS = (16, 32, 64, 128)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Tiny tensors: thread start-up and spinning dominate, badly so on a loaded CI machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _fields():
