@@ -12,6 +12,7 @@ the nested paths that strong-convergence tests need.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,9 +64,9 @@ class BrownianIncrements:
         """Time step of one (possibly coarsened) increment."""
         return self.dt * self.factor
 
-    @property
+    @functools.cached_property
     def key(self) -> tuple[int, int]:
-        """The Philox key (two 32-bit words) of this seed."""
+        """The Philox key (two 32-bit words) of this seed (derived once: it is asked for every step)."""
         k = np.random.SeedSequence(int(self.seed), spawn_key=(_TAG,)).generate_state(2, np.uint32)
         return int(k[0]), int(k[1])
 

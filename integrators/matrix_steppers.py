@@ -58,17 +58,17 @@ def psd_project(V):
         pass
     flat = V.reshape((-1,) + V.shape[-2:])
     out = np.array(flat, copy=True)
-    bad = np.zeros(len(flat), dtype=bool)
-    for i, v in enumerate(flat):  # only reached when some matrix is not positive definite
-        if not np.all(np.isfinite(v)):
-            continue  # the driver flags and freezes those paths
-        try:
-            np.linalg.cholesky(v)
-        except np.linalg.LinAlgError:
-            bad[i] = True
-    w, U = np.linalg.eigh(flat[bad])
+    ok = np.all(np.isfinite(flat), axis=(-1, -2))  # non-finite: the driver flags and freezes those paths
+    w, U = np.linalg.eigh(np.where(ok[:, None, None], flat, 0.0))
     floor = 8 * w.shape[-1] * np.finfo(w.dtype).eps * np.abs(w).max(axis=-1, keepdims=True)
-    P = (U * np.where(w > floor, w, 0.0)[..., None, :]) @ np.swapaxes(U, -1, -2)
+    bad = ok & (w[:, 0] <= floor[:, 0])  # only these can fail Cholesky (a rare handful)
+    for i in np.flatnonzero(bad):  # Cholesky decides, as on the torch and numba backends
+        try:
+            np.linalg.cholesky(flat[i])
+            bad[i] = False
+        except np.linalg.LinAlgError:
+            pass
+    P = (U[bad] * np.where(w[bad] > floor[bad], w[bad], 0.0)[..., None, :]) @ np.swapaxes(U[bad], -1, -2)
     out[bad] = 0.5 * (P + np.swapaxes(P, -1, -2))
     return out.reshape(V.shape)
 

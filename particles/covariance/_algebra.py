@@ -37,7 +37,9 @@ from integrators.ops import is_torch, namespace
 
 __all__ = [
     "b_relu",
+    "b_relu_pairs",
     "b_sa",
+    "b_sa_parts",
     "centre",
     "correlation",
     "lin_noise",
@@ -73,18 +75,29 @@ def centre(V):
     return V - row - col + xp.sum(row, axis=-2, keepdims=True) / m
 
 
+def b_sa_parts(V, tau0: float):
+    """b_SA(V) = c V + (K + K^T) as (c, K): c of shape (...,), K = V^{aa} (V d)^b / (2m tau0^2).
+
+    Uses tr(PVPV) = |V|_F^2 - 2m |r|^2 + m^2 t^2 (r the row means, t their mean), so PVP is
+    never formed. The fused torch step folds K into its one symmetrisation.
+    """
+    xp = namespace(V)
+    m = V.shape[-1]
+    r = xp.sum(V, axis=-1) / m  # row means = column means (V symmetric)
+    t = xp.sum(r, axis=-1, keepdims=True) / m
+    tr_cv = xp.sum(xp.sum(V * V, axis=-1), axis=-1) - 2 * m * xp.sum(r * r, axis=-1) + (m * t[..., 0]) ** 2
+    dv = _diag(V)
+    dc = dv - 2 * r + t  # diag(PVP)
+    d = dc - xp.sum(dc, axis=-1, keepdims=True) / m
+    vd = xp.sum(V * d[..., None, :], axis=-1)  # (V d)^a = sum_nu V^{a nu} d_nu
+    return tr_cv / (m * tau0) ** 2, dv[..., :, None] * vd[..., None, :] / (2 * m * tau0**2)
+
+
 def b_sa(V, tau0: float):
     """Shaped-attention drift b_SA(V) (without the gamma^2 factor), shape (..., m, m)."""
     xp = namespace(V)
-    m = V.shape[-1]
-    C = centre(V)
-    tr_cv = xp.sum(xp.sum(C * V, axis=-1), axis=-1)  # tr(PVP V), V symmetric
-    dc = _diag(C)
-    d = dc - xp.sum(dc, axis=-1, keepdims=True) / m
-    vd = xp.sum(V * d[..., None, :], axis=-1)  # (V d)^a = sum_nu V^{a nu} d_nu
-    dv = _diag(V)
-    cross = dv[..., :, None] * vd[..., None, :]
-    return (tr_cv[..., None, None] / m**2 * V + (cross + xp.swap(cross)) / (2 * m)) / tau0**2
+    c, K = b_sa_parts(V, tau0)
+    return c[..., None, None] * V + (K + xp.swap(K))
 
 
 def nu(rho, c_plus: float, c_minus: float):
@@ -121,18 +134,20 @@ def b_relu(V, c_plus: float, c_minus: float):
     xp = namespace(V)
     i, j = _strict_lower(V.shape[-1], V)
     out = V * 0
-    out[..., i, j] = b_relu_pairs(V, i, j, (c_plus - c_minus) ** 2 / (2 * math.pi))
+    out[..., i, j] = b_relu_pairs(V, i, j, c_plus, c_minus)
     return out + xp.swap(out)
 
 
-def b_relu_pairs(V, i, j, cnu: float):
-    """b_ReLU^{ij} for the index pairs (i, j), shape (..., len(i)); cnu = (c_+ - c_-)^2 / (2 pi)."""
+def b_relu_pairs(V, i, j, c_plus: float, c_minus: float):
+    """b_ReLU^{ij} for the index pairs (i, j), shape (batch, len(i)), gathered from the flattened matrix."""
     xp = namespace(V)
+    m = V.shape[-1]
+    flat = V.reshape(V.shape[:-2] + (m * m,))
     s = xp.sqrt(_clip(_diag(V), 0.0, None))
     ss = s[..., i] * s[..., j]
     safe = xp.where(ss > 0, ss, ss * 0 + 1.0)
-    rho = _clip(xp.where(ss > 0, V[..., i, j] / safe, ss * 0), -1.0, 1.0)
-    return cnu * (xp.sqrt(_clip(1.0 - rho * rho, 0.0, 1.0)) - rho * _arccos(rho)) * ss
+    rho = xp.where(ss > 0, flat[..., i * m + j] / safe, ss * 0)
+    return nu(rho, c_plus, c_minus) * ss
 
 
 def _eig_floor(w, eps):

@@ -5,9 +5,8 @@ the factorised diffusion in two passes, adds them, symmetrises and checks exits 
 numpy. On the numba backend one compiled pass per path does all of it, drawing the path's
 Brownian row in place from the same counter-based stream as
 :class:`integrators.BrownianIncrements`. On the torch backend the step stays on the
-device: the increment is drawn into one reused buffer, b_SA uses the closed form
-tr(PVPV) = |V|_F^2 - 2m |r|^2 + m^2 t^2 (r the row means, t their mean) instead of
-forming PVP, the non-symmetric parts of drift and noise are summed first and symmetrised
+device: the increment is drawn into one reused buffer, the non-symmetric parts of drift
+(:func:`_algebra.b_sa_parts`, the lower triangle of b_ReLU) and noise are summed first and symmetrised
 once (so the new state is exactly symmetric), on the CPU the batch runs in chunks that
 stay in cache, and the exit check is one reduction. Both give the generic step's numbers up to
 rounding (tests/test_cov_fused.py).
@@ -60,7 +59,6 @@ def _torch_step(model, backend, noise, psd: bool):
 
     c = model.coefficients
     buf = {}
-    cnu = (model.c_plus - model.c_minus) ** 2 / (2.0 * math.pi)
 
     def factor(V):
         """alg.psd_factor's Cholesky branch in five ops; any doubtful matrix takes the full rule."""
@@ -77,26 +75,13 @@ def _torch_step(model, backend, noise, psd: bool):
         X = alg.noise_increment(factor(V), V, dW, c.k_lin, c.k_sa, model.tau0, symmetric=False)
         scale = None
         if c.a_sa:
-            r = V.mean(dim=-1)  # row means = column means (V symmetric)
-            t = r.mean(dim=-1, keepdim=True)
-            # tr(PVPV) = |V|_F^2 - 2m |r|^2 + m^2 t^2: PVP is never formed
-            tr_cv = (V * V).sum(dim=(-2, -1)) - 2 * m * (r * r).sum(dim=-1) + (m * t[:, 0]) ** 2
-            dv = V.diagonal(dim1=-2, dim2=-1)
-            dc = dv - 2 * r + t
-            d = dc - dc.mean(dim=-1, keepdim=True)
-            vd = (V @ d[..., None])[..., 0]
-            f = c.a_sa / model.tau0**2
-            X.add_(dv[:, :, None] * vd[:, None, :], alpha=h * f / (2 * m))
-            scale = 1.0 + (h * f / m**2) * tr_cv
-        if c.a_relu:  # the m(m-1)/2 pairs i > j by 1-d index_select / index_add_ (cheaper than V[:, i, j])
+            coef, K = alg.b_sa_parts(V, model.tau0)
+            X.add_(K, alpha=h * c.a_sa)
+            scale = 1.0 + (h * c.a_sa) * coef
+        if c.a_relu:  # the m(m-1)/2 pairs i > j, added below the diagonal: the symmetrisation mirrors them
             i, j = alg._strict_lower(m, V)
-            low_ij = i * m + j
-            s = V.diagonal(dim1=-2, dim2=-1).clamp(min=0).sqrt()
-            ss = s.index_select(1, i) * s.index_select(1, j)
-            vij = V.reshape(V.shape[0], m * m).index_select(1, low_ij)
-            rho = torch.where(ss > 0, vij / torch.where(ss > 0, ss, 1.0), 0.0).clamp(-1.0, 1.0)
-            low = ((1.0 - rho * rho).sqrt() - rho * rho.arccos()).mul_(ss * (h * c.a_relu * cnu))  # |rho| <= 1
-            X.view(V.shape[0], m * m).index_add_(1, low_ij, low)
+            low = alg.b_relu_pairs(V, i, j, model.c_plus, model.c_minus)
+            X.view(V.shape[0], m * m).index_add_(1, i * m + j, low, alpha=h * c.a_relu)
         Y = V.clone() if scale is None else V * scale[:, None, None]
         return Y.add_(X + X.mT)
 
