@@ -33,7 +33,7 @@ import math
 import numba as nb
 import numpy as np
 
-__all__ = ["fill_normals", "philox4x32", "row_normals", "scratch_bits"]
+__all__ = ["fill_normals", "philox4x32", "row_normals"]
 
 _M0 = np.uint64(0xD2511F53)
 _M1 = np.uint64(0xCD9E8D57)
@@ -174,11 +174,6 @@ def row_normals(k, r, k0, k1, scale, accumulate, out, bits):
             out[j] += scale * z
         else:
             out[j] = scale * z
-
-
-def scratch_bits(P: int) -> np.ndarray:
-    """uint64 scratch for :func:`row_normals` with rows of P normals."""
-    return np.empty(2 * ((P + 1) // 2), dtype=np.uint64)
 
 
 @nb.njit(parallel=True, cache=True)

@@ -54,15 +54,19 @@ _drop_stale_fused_cache()
 
 
 @nb.njit(cache=True, fastmath=False)
-def _factor(V, L):
-    """Cholesky of V into L (lower); False if V is not numerically positive definite."""
+def _factor(V, L, rel_floor):
+    """Cholesky of V into L (lower); False if a pivot^2 is not above rel_floor max_i |V^ii|.
+
+    rel_floor = 8 m eps: pivots^2 at round-off level count as singular (the diffusion factor);
+    0: a plain Cholesky (the PSD projection's test, as numpy's).
+    """
     m = V.shape[0]
     floor = 0.0
     for i in range(m):
         floor = max(floor, abs(V[i, i]))
         for j in range(m):
             L[i, j] = 0.0
-    floor *= 8.0 * m * 2.220446049250313e-16  # pivots^2 at round-off level: treat V as singular
+    floor *= rel_floor
     for j in range(m):
         s = V[j, j]
         for k in range(j):
@@ -86,7 +90,7 @@ def _psd_factor(V, L):
     Cholesky, or, when V is not numerically positive definite, the symmetric
     eigen-clipped root (as :func:`particles.covariance._algebra.psd_factor`).
     """
-    if _factor(V, L):
+    if _factor(V, L, 8.0 * V.shape[0] * 2.220446049250313e-16):
         return 0
     m = V.shape[0]
     S = np.empty((m, m))
@@ -235,19 +239,7 @@ def _psd_clip(X, L):
     floor 8 m eps max|lambda| (negative ones included) are set to zero.
     """
     m = X.shape[0]
-    for j in range(m):
-        s = X[j, j]
-        for k in range(j):
-            s -= L[j, k] * L[j, k]
-        if not s > 0.0:
-            break
-        L[j, j] = math.sqrt(s)
-        for i in range(j + 1, m):
-            s = X[i, j]
-            for k in range(j):
-                s -= L[i, k] * L[j, k]
-            L[i, j] = s / L[j, j]
-    else:
+    if _factor(X, L, 0.0):
         return
     w, U = np.linalg.eigh(X)
     floor = 0.0
