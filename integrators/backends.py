@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from particles.validation import ParameterError
+from integrators.validation import ParameterError
 
 __all__ = ["NumpyBackend", "NumbaBackend", "TorchBackend", "get_backend", "BACKENDS", "DTYPES"]
 

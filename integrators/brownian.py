@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from particles.validation import check_positive, check_positive_int
+from integrators.validation import check_positive, check_positive_int
 
 from ._philox import fill_normals
 

@@ -77,10 +77,10 @@ def psd_euler_maruyama_step(f, t, x, dt, space, g=None, dw=None):
     """Ito Euler-Maruyama on symmetric matrices, projected onto the PSD cone.
 
     x_new = Pi_PSD( sym(x + f(t, x) dt + g(t, x) dW) ); ``space`` must be
-    :class:`particles.geometry.SymmetricMatrices` (state shape (batch, m, m)).
+    :class:`particles.sphere.geometry.SymmetricMatrices` (state shape (batch, m, m)).
     """
     if getattr(space, "name", None) != "symmetric":
-        from particles.validation import ParameterError
+        from integrators.validation import ParameterError
 
         raise ParameterError("method", "psd-euler-maruyama integrates SDEs on symmetric matrices only")
     y = space.retract(x + dt * f(t, x) + g(t, x, dw))

@@ -56,7 +56,7 @@ def get_stepper(method: str | Stepper) -> Stepper:
     if isinstance(method, Stepper):
         return method
     if method not in STEPPERS:
-        from particles.validation import ParameterError
+        from integrators.validation import ParameterError
 
         raise ParameterError("method", f"unknown method {method!r}; registered: {sorted(STEPPERS)}")
     return STEPPERS[method]

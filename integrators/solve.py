@@ -14,7 +14,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from particles.validation import ParameterError, check_positive, check_positive_int
+from integrators.validation import ParameterError, check_positive, check_positive_int
 
 from .backends import get_backend
 from .brownian import BrownianIncrements
@@ -40,21 +40,27 @@ def _save_times(save_at, t0: float, t_end: float) -> np.ndarray:
     return ts
 
 
-def _resolve_observables(observables) -> dict[str, Callable]:
-    from particles.observables import OBSERVABLES
+def _resolve_observables(observables, model) -> dict[str, Callable]:
+    """Callables by name; names are looked up in the model's own ``observables`` mapping.
 
+    The driver knows no observable itself: each model family declares what can be
+    measured on its states (``model.observables``), so a name from another family is
+    an error that lists the model's own.
+    """
     out: dict[str, Callable] = {}
     if observables is None:
         return out
     if isinstance(observables, dict):
         items: Iterable = observables.items()
     else:
+        own = getattr(model, "observables", None) or {}
         items = []
         for o in observables:
             if isinstance(o, str):
-                if o not in OBSERVABLES:
-                    raise ParameterError("observables", f"unknown observable {o!r}; known: {sorted(OBSERVABLES)}")
-                items.append((o, OBSERVABLES[o]))
+                if o not in own:
+                    known = ", ".join(sorted(own)) or "none (pass callables)"
+                    raise ParameterError("observables", f"{o!r} is not an observable of this model; its own: {known}")
+                items.append((o, own[o]))
             elif callable(o):
                 items.append((getattr(o, "__name__", repr(o)), o))
             else:
@@ -127,7 +133,7 @@ def solve(
         an int for that many equally spaced times, or None for (t0, t_end).
         For SDEs they must lie on the grid t0 + k dt.
     save_states : keep the states (False: only observables are kept).
-    observables : names from :data:`particles.OBSERVABLES`, callables
+    observables : names from the model's own ``model.observables`` mapping, callables
         ``fn(x, model) -> (batch, ...)``, or a dict name -> callable.
     seed : seed of the Brownian path (SDEs), unless ``brownian`` is given.
     brownian : an explicit :class:`BrownianIncrements` (its ``step`` must equal dt).
@@ -164,7 +170,7 @@ def solve(
     check_positive_int("max_steps", max_steps)
     x_np = model.check_state(x0, normalize=normalize)
     save_t = _save_times(save_at, t0, t_end)
-    obs_fns = _resolve_observables(observables)
+    obs_fns = _resolve_observables(observables, model)
     if exit_threshold is not None:
         check_positive("exit_threshold", exit_threshold)
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from particles.validation import ParameterError, check_positive
+from integrators.validation import ParameterError, check_positive
 
 from .brownian import BrownianIncrements
 

@@ -1,29 +1,20 @@
-"""What moves: geometry, attention flows, covariance SDEs, signal-propagation maps, observables."""
+"""What moves, one folder per model family.
 
-from .attention import ACTIVATIONS, NORMALIZATIONS, FeedForward, SelfAttention
-from .geometry import Euclidean, Sphere, SymmetricMatrices, sphere_expmap, sphere_retract, sphere_tangent
-from .init import check_unit, equiangular, from_file, hemisphere, orthogonal, random_rotation, uniform_sphere
-from .noisy import NoisyAttention
-from .observables import (
-    OBSERVABLES,
-    cluster_count,
-    cluster_count_rank,
-    collapse_time,
-    consensus_gap,
-    energy,
-    fraction_close_pairs,
-    gram,
-    min_inner_product,
-    normalized_energy,
-    pair_histogram,
-    pair_inner_products,
-)
-from .params import PiecewiseConstant
-from . import flow_theory, theory  # scalar predictions: particles.theory.mode_growth_rate, bessel_cluster_count, ...
-from .transformer import DirectionRadius, DiscreteTransformer, PreLNFlow
-from . import signalprop  # geometric signal propagation (COWSIK): maps, exponents, finite networks
-from .signalprop import SignalPropParams
-from . import covariance, networks  # covariance SDEs of shaped networks (NOCI, LNR); finite torch networks
+* :mod:`particles.sphere` -- the self-attention flow on the sphere (GLPR, META);
+* :mod:`particles.covariance` -- covariance SDEs of shaped transformers (NOCI, LNR);
+* :mod:`particles.networks` -- the finite torch networks those SDEs describe;
+* :mod:`particles.signalprop` -- geometric signal propagation (COWSIK): maps, exponents,
+  finite random transformers.
+
+The flat namespace below re-exports each family's public names.
+"""
+
+import sys as _sys
+
+from integrators.spaces import Euclidean, SymmetricMatrices
+from integrators.validation import ParameterError
+
+from . import covariance, networks, signalprop, sphere
 from .covariance import (
     CorrelationSDE,
     FiniteWidthChain,
@@ -34,7 +25,13 @@ from .covariance import (
     ShapedMLPSDE,
 )
 from .networks import ShapedMLP, ShapedTransformer, StandardTransformer
-from .validation import ParameterError
+from .signalprop import SignalPropParams
+from .sphere import *  # noqa: F403  (the sphere's __all__)
+from .sphere import flow_theory, theory
+
+# ``import particles.theory`` keeps working: the scalar predictions moved into the sphere family.
+_sys.modules.setdefault(__name__ + ".theory", theory)
+_sys.modules.setdefault(__name__ + ".flow_theory", flow_theory)
 
 __all__ = [
     "theory",
@@ -74,6 +71,7 @@ __all__ = [
     "DiscreteTransformer",
     "PreLNFlow",
     "DirectionRadius",
+    "sphere",
     "signalprop",
     "SignalPropParams",
     "covariance",

@@ -45,15 +45,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..networks._common import (
-    NetworkRun,
-    make_generator,
-    prepare_v0,
-    psd_factor_torch,
-    torch_dtype,
-)
-from ..networks._layers import shaped_relu
-from ..validation import ParameterError, check_positive_int
+from integrators.validation import ParameterError, check_positive_int
+from particles.shared import NetworkRun, make_generator, shaped_relu, torch_dtype
+
+from ._algebra import psd_factor
+from .models import prepare_v0
 
 __all__ = ["FiniteWidthChain", "chol_psd", "wishart_factor"]
 
@@ -190,7 +186,7 @@ class FiniteWidthChain:
             return _row_factor(stacked), m
         V = torch.as_tensor(prepare_v0(V0, batch), dtype=dtype, device=device)
         B, m = V.shape[0], V.shape[-1]
-        L = psd_factor_torch(V)
+        L = psd_factor(V)
         if H == 1:
             return L, m
         # The plain network's input frame O is Haar: O = S^{-1/2} Z with Z (m x n) Gaussian and

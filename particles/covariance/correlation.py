@@ -26,8 +26,8 @@ import numpy as np
 
 from integrators.ops import is_torch
 
-from ..geometry import Euclidean
-from ..validation import ParameterError, check_positive
+from integrators.spaces import Euclidean
+from integrators.validation import ParameterError, check_positive
 from .models import _finite
 
 __all__ = ["CorrelationSDE", "correlation_sde"]

@@ -42,8 +42,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..geometry import SymmetricMatrices
-from ..validation import (
+from integrators.spaces import SymmetricMatrices
+from integrators.validation import (
     ParameterError,
     check_in_range,
     check_positive,
@@ -60,6 +60,7 @@ __all__ = [
     "ShapedBlockSDE",
     "ShapedMLPSDE",
     "check_covariance",
+    "prepare_v0",
 ]
 
 
@@ -111,6 +112,18 @@ def check_covariance(V0, name: str = "V0", rtol: float = 1e-10) -> np.ndarray:
     lo = float(np.min(np.linalg.eigvalsh(V)))
     if lo < -rtol * scale * V.shape[-1]:
         raise ParameterError(name, f"is not positive semi-definite (smallest eigenvalue {lo:.3g})")
+    return V
+
+
+def prepare_v0(V0, batch: int | None) -> np.ndarray:
+    """Validated (batch, m, m) V0 (a single (m, m) V0 is repeated ``batch`` times)."""
+    V = check_covariance(V0)
+    if batch is not None:
+        check_positive_int("batch", batch)
+        if V.shape[0] == 1:
+            V = np.repeat(V, batch, axis=0)
+        elif V.shape[0] != batch:
+            raise ParameterError("batch", f"V0 holds {V.shape[0]} matrices but batch={batch}")
     return V
 
 

@@ -25,9 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..networks._common import make_generator, psd_factor_torch, torch_dtype
-from ..networks._layers import shaped_relu
-from ..validation import ParameterError, check_positive_int
+from integrators.validation import ParameterError, check_positive_int
+from particles.shared import make_generator, shaped_relu, torch_dtype
+
+from ._algebra import psd_factor
 from .chain import FiniteWidthChain
 from .models import check_covariance
 
@@ -58,7 +59,7 @@ def _expected_mlp(chain, V, gen, kw):
     n = chain.n
     m = V.shape[-1]
     sp, sm, c, g2 = kw["s_plus"], kw["s_minus"], kw["c"], kw["gamma"] ** 2
-    L = psd_factor_torch(V)
+    L = psd_factor(V)
     H = L @ torch.randn(V.shape[0], m, n, generator=gen, dtype=V.dtype, device=V.device)
     S = shaped_relu(H, sp, sm)
     phi = math.sqrt(n) * (S - H)
@@ -76,7 +77,7 @@ def _expected_attention(chain, V, gen, kw):
 
     n, m, H = chain.n, V.shape[-1], kw["heads"]
     B = V.shape[0]
-    L = psd_factor_torch(V)
+    L = psd_factor(V)
     nk = kw["n_k"]
     if nk >= m:
         from .chain import wishart_factor
@@ -158,7 +159,7 @@ def one_step_moments(network, V, *, samples: int, seed: int, chunk: int = 20000,
                     kw2 = dict(kw, gamma=1.0)
                     est = est + _expected_mlp(chain, cur, gen, kw2)
                 if i + 1 < len(subs):  # the next sub-layer sees a sampled intermediate covariance
-                    Rc = psd_factor_torch(cur)
+                    Rc = psd_factor(cur)
                     Rc = {"attention": chain._attention, "mlp": chain._mlp, "linear": chain._linear}[kind](Rc, m, gen, **kw)
                     cur = Rc @ Rc.transpose(-1, -2)
             drifts.append(est.numpy())

@@ -1,6 +1,6 @@
 """Finite networks at initialisation in torch: shaped / standard transformers and LNR's shaped MLP."""
 
-from ._common import NetworkRun, layer_norm
+from particles.shared import NetworkRun, layer_norm
 from .architectures import (
     SHAPED_LAYERS,
     ShapedMLP,

@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["attention", "linear", "lnr_mlp", "mlp", "shaped_relu"]
+from particles.shared import layer_norm, shaped_relu
+
+__all__ = ["attention", "linear", "lnr_mlp", "mlp"]
 
 
 def _randn(shape, gen, like):
     import torch
 
     return torch.randn(shape, generator=gen, dtype=like.dtype, device=like.device)
-
-
-def shaped_relu(H, s_plus: float, s_minus: float):
-    """sigma_s(x) = s_+ max(x, 0) + s_- min(x, 0)."""
-    return s_plus * H.clamp(min=0) + s_minus * H.clamp(max=0)
 
 
 def attention(X, gen, *, lam, gamma, heads, n_k, temperature, shaped, pre_ln):
@@ -32,7 +29,6 @@ def attention(X, gen, *, lam, gamma, heads, n_k, temperature, shaped, pre_ln):
     """
     import torch
 
-    from ._common import layer_norm
 
     B, m, n = X.shape
     Xin = layer_norm(X) if pre_ln else X
@@ -50,7 +46,6 @@ def attention(X, gen, *, lam, gamma, heads, n_k, temperature, shaped, pre_ln):
 
 def mlp(X, gen, *, lam, gamma, s_plus, s_minus, c, pre_ln):
     """X' = lambda X + gamma sigma_s(X_in W_pre / sqrt(n)) sqrt(c/n) W_post, hidden width n."""
-    from ._common import layer_norm
 
     B, _, n = X.shape
     Xin = layer_norm(X) if pre_ln else X

@@ -27,22 +27,18 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..validation import (
+from integrators.validation import (
     ParameterError,
     check_choice,
     check_in_range,
     check_positive,
     check_positive_int,
 )
+from particles.covariance._algebra import psd_factor
+from particles.covariance.models import prepare_v0
+from particles.shared import NetworkRun, haar_frame, make_generator, torch_dtype
+
 from . import _layers
-from ._common import (
-    NetworkRun,
-    haar_frame,
-    make_generator,
-    prepare_v0,
-    psd_factor_torch,
-    torch_dtype,
-)
 
 __all__ = ["SHAPED_LAYERS", "ShapedMLP", "ShapedTransformer", "StandardTransformer"]
 
@@ -85,7 +81,7 @@ class _Network:
         gen = make_generator(seed, device)
         import torch
 
-        L = psd_factor_torch(torch.as_tensor(V, dtype=td, device=device))
+        L = psd_factor(torch.as_tensor(V, dtype=td, device=device))
         O = haar_frame(V.shape[0], V.shape[-1], self.n, gen, td, device)
         return math.sqrt(self.n) * (L @ O)
 

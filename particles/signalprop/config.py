@@ -33,7 +33,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 
-from ..validation import (
+from integrators.validation import (
     ParameterError,
     check_choice,
     check_in_range,

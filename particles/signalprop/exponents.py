@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..validation import (
+from integrators.validation import (
     ParameterError,
     check_choice,
     check_in_range,

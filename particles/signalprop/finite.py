@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..validation import ParameterError, check_choice, check_positive_int
+from integrators.validation import ParameterError, check_choice, check_positive_int
 from .config import SignalPropParams
 
 __all__ = ["PHI_TORCH", "SAMPLINGS", "FiniteRun", "RandomTransformer"]

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..validation import ParameterError, check_positive_int
+from integrators.validation import ParameterError, check_positive_int
 from .config import SignalPropParams
 from .kernels import kernel
 from .overlaps import _standard_normals

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..validation import check_choice
+from integrators.validation import check_choice
 
 __all__ = ["PHI_FUNCTIONS", "dkernel", "kernel", "second_moment", "slope_moment"]
 

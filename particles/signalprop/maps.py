@@ -44,7 +44,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from ..validation import ParameterError, check_positive_int
+from integrators.validation import ParameterError, check_positive_int
 from .config import SignalPropParams
 from .kernels import kernel, second_moment
 from .overlaps import AttentionMoments, OverlapTable, attention_moments, overlap_table

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..validation import ParameterError, check_in_range, check_positive_int
+from integrators.validation import ParameterError, check_in_range, check_positive_int
 from .config import SignalPropParams
 from .exponents import collapse_fixed_point
 from .finite import RandomTransformer

@@ -34,7 +34,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from ..validation import ParameterError, check_nonnegative, check_positive_int
+from integrators.validation import ParameterError, check_nonnegative, check_positive_int
 
 __all__ = ["MOMENT_NAMES", "AttentionMoments", "OverlapTable", "attention_moments", "overlap_table"]
 

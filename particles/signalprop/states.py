@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..validation import (
+from integrators.validation import (
     ParameterError,
     check_in_range,
     check_positive,

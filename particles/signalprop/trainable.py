@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from ..validation import ParameterError, check_positive_int
+from integrators.validation import ParameterError, check_positive_int
 from .config import SignalPropParams
 from .finite import PHI_TORCH
 

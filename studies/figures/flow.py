@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from particles.observables import cluster_count, energy, gram, pair_inner_products
+from particles.sphere.observables import cluster_count, energy, gram, pair_inner_products
 
 __all__ = ["handles", "plot_run", "FLOW_MODELS"]
 
@@ -159,7 +159,7 @@ def plot_run(run, out: str | Path, system: int = 0) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.colors import LogNorm
 
-    from particles.validation import ParameterError
+    from integrators.validation import ParameterError
 
     t = run.t
     if len(t) == 0:

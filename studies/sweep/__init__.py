@@ -3,7 +3,7 @@
 Typical use::
 
     from studies.sweep import load_spec, run_sweep, merge_sweep, LocalExecutor
-    spec = load_spec("studies/specs/default.toml")
+    spec = load_spec("studies/papers/default.toml")
     run_sweep(spec, "runs/default", executor=LocalExecutor(workers=2), resume=True)
     merge_sweep(spec, "runs/default")           # -> runs/default/default.h5
     # xarray.open_dataset("runs/default/default.h5", engine="h5netcdf")

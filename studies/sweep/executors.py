@@ -27,7 +27,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Iterator
 
-from particles.validation import ParameterError, check_choice, check_positive_int
+from integrators.validation import ParameterError, check_choice, check_positive_int
 
 from .shards import Store, pid_alive, read_shard
 from .worker import THREAD_VARS, TaskOutcome, TaskRun, execute_task, limit_threads, record_failure

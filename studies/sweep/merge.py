@@ -75,7 +75,7 @@ def _attach(ds: h5py.Dataset, dims: list[str], scales: dict[str, h5py.Dataset]) 
 
 def merge_sweep(spec: SweepSpec, out: str | Path | None = None, output: str | Path | None = None) -> MergeResult:
     """Merge the shards under ``out`` into ``output`` (default ``OUT/<name>.h5``)."""
-    from studies.tasks import get_task
+    from studies.sweep.tasks import get_task
 
     store = Store(out if out is not None else default_out(spec))
     if not (store.root / "shards").is_dir():

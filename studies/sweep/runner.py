@@ -9,9 +9,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from particles.validation import ParameterError
+from integrators.validation import ParameterError
 
-from studies.cli import UserError
+from studies.errors import UserError
 
 from .plan import Task, plan_tasks
 from .provenance import hostname, utc_now

@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from particles.validation import ParameterError, check_positive_int
+from integrators.validation import ParameterError, check_positive_int
 
 from .shards import atomic_write_text
 

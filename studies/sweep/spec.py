@@ -4,7 +4,7 @@ A spec has three tables::
 
     [sweep]
     name = "phase-diagram"      # required: letters, digits, . _ -
-    task = "flow.phase_point"   # required: a name in studies.tasks.TASKS or "module:function"
+    task = "flow.phase_point"   # required: a name in studies.sweep.tasks.TASKS or "module:function"
     root_seed = 20231218        # required: int >= 0; every task seed derives from it
     seeds = 4                   # replicates per grid point (default 1): the "seed" dimension
     retries = 1                 # extra attempts after a failure (default 0)
@@ -24,7 +24,7 @@ A spec has three tables::
     n_tokens = [8, 16, 32]
     t_end = [10.0, 20.0, 40.0]
 
-Every error is a :class:`~particles.validation.ParameterError` naming the key
+Every error is a :class:`~integrators.validation.ParameterError` naming the key
 (``sweep.seeds``, ``grid.beta``, ``grid.zip.size.t_end``, ...).
 """
 
@@ -41,7 +41,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from particles.validation import ParameterError
+from integrators.validation import ParameterError
 
 from .toml_writer import to_toml
 
@@ -238,7 +238,7 @@ def _int(label: str, v, minimum: int, default=None) -> int:
 
 def parse_spec(data: dict, source: str | None = None, text: str | None = None) -> SweepSpec:
     """Validate a parsed TOML document and build the :class:`SweepSpec`."""
-    from studies.tasks import get_task
+    from studies.sweep.tasks import get_task
 
     if not isinstance(data, dict):
         raise ParameterError("spec", "expected a TOML document")

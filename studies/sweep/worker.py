@@ -145,7 +145,7 @@ def _attrs(run: TaskRun) -> dict[str, Any]:
 def execute_task(run: TaskRun) -> TaskOutcome:
     """Run one task with retries and write its shard. Never raises for task errors."""
     global _current
-    from studies.tasks import check_result, get_task
+    from studies.sweep.tasks import check_result, get_task
 
     t_start = time.time()
     provenance()  # cached per process: the git lookup is not charged to the shard write

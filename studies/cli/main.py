@@ -1,0 +1,59 @@
+"""The ``attnflow`` command line.
+
+Each sub-command lives in its own module exposing ``register(subparsers)``;
+this file only joins them and turns user errors into one-line messages
+(no traceback) with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from studies.errors import UserError
+
+__all__ = ["main", "build_parser", "UserError"]
+
+# Modules that add sub-commands; each has register(subparsers).
+COMMAND_MODULES = (
+    "studies.cli.simulate",
+    "studies.cli.info",
+    "studies.cli.plot",
+    "studies.cli.sweep",
+    "studies.cli.study",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="attnflow",
+        description="Transformers as interacting particle systems: simulate, sweep, store, plot.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for mod_name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(mod_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == mod_name:
+                continue  # a sub-command not built yet
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from integrators.validation import ParameterError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        rc = args.func(args)
+    except (UserError, ParameterError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        print(f"attnflow {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"attnflow {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)

@@ -1,0 +1,173 @@
+"""``attnflow sweep run | submit | merge | status``: parameter sweeps from a TOML spec.
+
+SPEC is a spec file, or a sweep output directory (its saved ``spec.toml`` is
+used and it is the default ``--out``).
+
+Examples::
+
+    attnflow sweep run studies/papers/default.toml --out runs/default --workers 2
+    attnflow sweep run spec.toml --out runs/x --resume                 # after a crash
+    attnflow sweep run spec.toml --executor dask --scheduler tcp://head:8786
+    attnflow sweep run spec.toml --executor dask --jobqueue slurm --jobs 10 --cores 8 --memory 16GB
+    attnflow sweep submit spec.toml --out /scratch/x --time 02:00:00 --partition cpu
+    attnflow sweep run spec.toml --out /scratch/x --task-index 17       # one task (array jobs)
+    attnflow sweep status runs/x
+    attnflow sweep merge runs/x                                        # -> runs/x/<name>.h5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+__all__ = ["register"]
+
+
+def _spec_and_out(args) -> tuple:
+    from studies.sweep import default_out, load_spec
+
+    path = Path(args.spec)
+    if path.is_dir():
+        spec_file = path / "spec.toml"
+        if not spec_file.is_file():
+            raise FileNotFoundError(f"{path} is a directory without spec.toml (not a sweep output directory)")
+        spec = load_spec(spec_file)
+        out = Path(args.out) if args.out else path
+    else:
+        spec = load_spec(path)
+        out = Path(args.out) if args.out else default_out(spec)
+    return spec, out
+
+
+def _executor(args):
+    from studies.sweep import DaskExecutor, LocalExecutor, SerialExecutor, jobqueue_cluster
+
+    from studies.errors import UserError
+
+    if args.executor != "dask" and (args.scheduler or args.jobqueue):
+        raise UserError("--scheduler and --jobqueue need --executor dask")
+    if args.executor == "serial" or (args.executor is None and args.task_index is not None):
+        return SerialExecutor(threads=args.threads_per_worker)
+    if args.executor in (None, "local"):
+        return LocalExecutor(workers=args.workers, threads_per_worker=args.threads_per_worker or 1)
+    if args.jobqueue:
+        if args.cores is None or args.memory is None:
+            raise UserError("--jobqueue needs --cores and --memory (per job)")
+        cluster = jobqueue_cluster(args.jobqueue, jobs=args.jobs, cores=args.cores, memory=args.memory,
+                                   walltime=args.walltime, queue=args.queue, account=args.account)
+        return DaskExecutor(cluster=cluster, threads_per_worker=args.threads_per_worker or 1)
+    return DaskExecutor(address=args.scheduler, workers=None if args.scheduler else args.workers,
+                        threads_per_worker=args.threads_per_worker or 1)
+
+
+def _run(args) -> int:
+    from studies.sweep import merge_sweep, run_sweep
+
+    spec, out = _spec_and_out(args)
+    executor = _executor(args)
+    try:
+        res = run_sweep(spec, out, executor=executor, resume=args.resume, retries=args.retries,
+                        task_index=args.task_index, task_count=args.task_count, progress=not args.no_progress)
+    finally:
+        executor.close()
+    print(f"{spec.name}: {res.total} task(s): {res.skipped} already complete, {res.completed} completed, "
+          f"{res.failed} failed in {res.wall_s:.1f} s -> {res.out}")
+    if args.merge:
+        m = merge_sweep(spec, out)
+        print(f"merged -> {m.path} ({m.status})")
+    return 0 if res.ok else 1
+
+
+def _submit(args) -> int:
+    from studies.sweep import submit_sbatch, write_sbatch
+
+    spec, out = _spec_and_out(args)
+    if Path(args.spec).is_dir():
+        spec_path = Path(args.spec) / "spec.toml"
+    else:
+        spec_path = Path(args.spec)
+    script = write_sbatch(spec, spec_path, out, chunk=args.chunk, time=args.time, cpus_per_task=args.cpus_per_task,
+                          mem=args.mem, partition=args.partition, account=args.account,
+                          max_parallel=args.max_parallel, extra=tuple(args.extra or ()))
+    print(f"wrote {script} ({spec.n_tasks} task(s))")
+    if args.dry_run:
+        return 0
+    job = submit_sbatch(script)
+    print(f"submitted job array {job}")
+    return 0
+
+
+def _merge(args) -> int:
+    from studies.sweep import merge_sweep
+
+    spec, out = _spec_and_out(args)
+    m = merge_sweep(spec, out, args.output)
+    print(f"merged {m.complete}/{m.total} complete task(s) -> {m.path} ({m.status})")
+    return 0
+
+
+def _status(args) -> int:
+    from studies.sweep import format_status, sweep_status
+
+    spec, out = _spec_and_out(args)
+    st = sweep_status(spec, out)
+    print(json.dumps(st.as_dict(), indent=1) if args.json else format_status(st))
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("sweep", help="parameter sweeps: run, submit to Slurm, merge, status",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="sweep_command", metavar="ACTION")
+    sub.required = True
+
+    def common(q):
+        q.add_argument("spec", help="sweep spec (TOML) or a sweep output directory")
+        q.add_argument("--out", help="output directory (default: [sweep] out, else ./sweep-NAME)")
+
+    r = sub.add_parser("run", help="run the tasks (all, or --task-index)")
+    common(r)
+    r.add_argument("--executor", choices=("local", "serial", "dask"),
+                   help="local process pool (default), serial (this process) or dask")
+    r.add_argument("--workers", type=int, help="worker processes (local pool or Dask LocalCluster; default: CPUs)")
+    r.add_argument("--threads-per-worker", type=int, help="BLAS/numba/torch threads per task (default 1)")
+    r.add_argument("--scheduler", help="Dask scheduler address, e.g. tcp://head:8786")
+    r.add_argument("--jobqueue", choices=("slurm", "pbs", "sge", "lsf", "htcondor", "oar", "moab"),
+                   help="start a dask-jobqueue cluster of this kind")
+    r.add_argument("--jobs", type=int, default=1, help="jobqueue: number of jobs")
+    r.add_argument("--cores", type=int, help="jobqueue: cores per job")
+    r.add_argument("--memory", help="jobqueue: memory per job, e.g. 16GB")
+    r.add_argument("--walltime", help="jobqueue: walltime per job, e.g. 02:00:00")
+    r.add_argument("--queue", help="jobqueue: queue / partition")
+    r.add_argument("--account", help="jobqueue: account")
+    r.add_argument("--resume", action="store_true", help="skip tasks with complete shards, re-run the others")
+    r.add_argument("--retries", type=int, help="extra attempts after a failure (default: the spec's retries)")
+    r.add_argument("--task-index", type=int, help="run only task I (0-based; for scheduler array jobs)")
+    r.add_argument("--task-count", type=int, default=1, help="with --task-index: run tasks I .. I+K-1")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--merge", action="store_true", help="merge the shards when done")
+    r.set_defaults(func=_run)
+
+    s = sub.add_parser("submit", help="write a Slurm array script (and submit it with sbatch)")
+    common(s)
+    s.add_argument("--time", default="01:00:00", help="walltime per array task (default 01:00:00)")
+    s.add_argument("--cpus-per-task", type=int, default=1)
+    s.add_argument("--mem", help="memory per array task, e.g. 4G")
+    s.add_argument("--partition")
+    s.add_argument("--account")
+    s.add_argument("--max-parallel", type=int, help="at most this many array tasks at once (%%N)")
+    s.add_argument("--chunk", type=int, default=1, help="tasks per array index (array size = ceil(tasks/chunk))")
+    s.add_argument("--extra", action="append", help="extra line for the script, e.g. '#SBATCH --qos=long' (repeatable)")
+    s.add_argument("--dry-run", action="store_true", help="write the script, do not call sbatch")
+    s.set_defaults(func=_submit)
+
+    m = sub.add_parser("merge", help="gather the shards into one study file (xarray-readable)")
+    common(m)
+    m.add_argument("--output", help="study file (default OUT/NAME.h5)")
+    m.set_defaults(func=_merge)
+
+    st = sub.add_parser("status", help="done / running / failed / missing tasks")
+    common(st)
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.set_defaults(func=_status)

@@ -1,0 +1,124 @@
+"""Collapse times of the SA flow vs (n, d, beta), with the equiangular-ODE theory curve.
+
+From uniform starts, the collapse time is the first time every pair satisfies
+<x_i, x_j> >= 1 - delta (delta = 1e-3). In high dimension all pairwise inner
+products follow the equiangular ODE g(t) from g(0) = 0 (GLPR Thm 6.8-6.9), so
+the collapse time approaches t*(beta, n) with g_beta(t*) = 1 - delta (black
+curves); in low dimension metastable multi-cluster states delay collapse, in
+the extreme beyond t_max (not collapsed: left out of the medians, counted in
+the figure).
+
+Sizes: ``full`` = studies/papers/collapse.toml (n in {8, 32, 64}, d in
+{3, 8, 32, 128}, 24 betas in [0.25, 6], 32 systems per point, t_max = 100:
+about an hour on 2 cores); ``default``: n in {8, 32}, d in {3, 32}, 10 betas
+(about a minute); ``smoke``: seconds.
+
+References
+----------
+Geshkovski, Letrouit, Polyanskiy, Rigollet, arXiv:2312.10794, Thm 6.1, 6.8, 6.9.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from particles.sphere.flow_theory import equiangular_hitting_time
+from studies.papers._flow import FLOW_DEFAULTS, build_model, solve_checked
+from studies.papers.common import study_main, study_spec, sweep_and_merge
+from studies.sweep import load_study
+from studies.sweep.tasks import register_task
+
+__all__ = ["run", "plot", "collapse"]
+
+_SIZES = {
+    "smoke": {"sweep": {"seeds": 1}, "params": {"batch": 2, "t_max": 20.0, "n_save": 201, "backend": "numpy"},
+              "grid": {"n": [8], "d": [3, 8], "beta": [1.0, 3.0]}},
+    "default": {"sweep": {"seeds": 1}, "params": {"batch": 8, "t_max": 60.0, "n_save": 601, "backend": "numpy"},
+                "grid": {"n": [8, 32], "d": [3, 32], "beta": {"start": 0.5, "stop": 5.0, "num": 10}}},
+    "full": {},
+}
+
+
+def run(out: Path, size: str = "full", executor=None, progress: bool = True) -> dict[str, list[Path]]:
+    out = Path(out)
+    h5 = sweep_and_merge(study_spec("collapse", _SIZES[size]), out, executor, progress)
+    return {"hdf5": [h5], "figure": [plot(h5, out / "collapse.png")]}
+
+
+def plot(study_file: Path, figure: Path) -> Path:
+    """Median collapse time (IQR band) vs beta, one panel per n, one line per d, ODE curve in black."""
+    from matplotlib.figure import Figure
+
+    st = load_study(study_file)
+    dims, T = st["vars"]["collapse_time"]
+    T = np.moveaxis(T, [dims.index("n"), dims.index("d"), dims.index("beta")], [0, 1, 2])
+    T = T.reshape(T.shape[0], T.shape[1], T.shape[2], -1)  # (n, d, beta, systems)
+    ns, ds, betas = st["coords"]["n"], st["coords"]["d"], st["coords"]["beta"]
+    fixed = json.loads(st["attrs"]["fixed_parameters"])
+    delta, t_max = float(fixed["delta"]), float(fixed["t_max"])
+    fine = np.linspace(betas.min(), betas.max(), 200)
+    fig = Figure(figsize=(4.2 * len(ns), 3.8), layout="constrained")
+    axes = fig.subplots(1, len(ns), squeeze=False, sharey=True)[0]
+    for i, n in enumerate(ns):
+        ax = axes[i]
+        for j, d in enumerate(ds):
+            x = T[i, j]
+            with np.errstate(all="ignore"):
+                med = np.nanmedian(x, axis=1)
+                lo, hi = np.nanpercentile(x, [25, 75], axis=1)
+            never = np.mean(np.isnan(x), axis=1)
+            ax.plot(betas, med, "o-", ms=3, color=f"C{j}", label=f"d = {d}" + (f" ({never.mean():.0%} not collapsed)" if never.any() else ""))
+            ax.fill_between(betas, lo, hi, color=f"C{j}", alpha=0.2, lw=0)
+        ode = [equiangular_hitting_time(b, int(n), delta) for b in fine]
+        ax.plot(fine, ode, color="k", lw=1.5, label=r"equiangular ODE: $g_\beta(t) = 1-\delta$")
+        ax.axhline(t_max, color="gray", ls=":", lw=1)
+        ax.set_yscale("log")
+        ax.set_xlabel(r"$\beta$")
+        ax.set_title(f"n = {n}", fontsize=10)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel(rf"collapse time (all pairs $\geq 1-{delta:g}$)")
+    fig.suptitle("SA collapse times from uniform starts (median, IQR)", fontsize=10)
+    figure = Path(figure)
+    fig.savefig(figure, dpi=120)
+    return figure
+
+
+
+# ------------------------------------------------------------ sweep tasks
+@register_task(
+    "flow.collapse",
+    defaults={**FLOW_DEFAULTS, "method": "rk4", "batch": 16, "t_max": 100.0, "n_save": 1001, "delta": 1e-3},
+    dims={"collapse_time": ("system",)},
+)
+def collapse(p: dict, seed: int) -> dict:
+    """Time until every pair is within 1 - delta (P = 1), per system (NaN if beyond ``t_max``).
+
+    With the equiangular-ODE time g_beta(t) = 1 - delta from g(0) = 0 as ``t_theory``.
+    """
+    from particles import fraction_close_pairs, uniform_sphere
+    from particles.sphere.observables import collapse_time
+
+    rng = np.random.default_rng(seed)
+    model = build_model(p, rng)
+    x = uniform_sphere(p["batch"], p["n"], p["d"], seed=rng)
+    t = np.linspace(0.0, p["t_max"], p["n_save"])
+    delta = p["delta"]
+    frac = np.ones((len(t), x.shape[0]))
+    frac[0] = fraction_close_pairs(x, delta=delta)
+    # Integrate in segments of 20 save intervals and stop once every system has collapsed
+    # (a collapsed SA configuration stays collapsed: it lies in a shrinking cap).
+    i = 0
+    while i < len(t) - 1 and frac[i].min() < 1.0:
+        j = min(i + 20, len(t) - 1)
+        sol = solve_checked(model, x, p, t[j], t[i + 1:j + 1], {"P": lambda y, m: fraction_close_pairs(y, delta=delta)},
+                     t0=t[i], save_states=True, horizon=p["t_max"])
+        frac[i + 1:j + 1] = sol.observables["P"]
+        x, i = sol.x[-1], j
+    return {"collapse_time": collapse_time(t, frac), "t_theory": equiangular_hitting_time(p["beta"], p["n"], delta)}
+
+
+if __name__ == "__main__":
+    raise SystemExit(study_main("collapse", run, __doc__))

@@ -1,0 +1,140 @@
+"""Phase diagram P(t, beta) of the SA flow, with the equiangular-ODE boundary (GLPR Fig. 3 and 5).
+
+P(t, beta) is the fraction of pairs i != j with <x_i(t), x_j(t)> >= 1 - delta
+(delta = 1e-3), averaged over uniform starts of n = 32 tokens. For Q = K = V = I
+the transition follows the curve g_beta(t) = 1 - delta of the equiangular ODE
+(GLPR Thm 6.8, eq. 6.9, from g(0) = 0): drawn over each panel. The second row
+uses random Q, K, V (Q^T K = G1 G2 / sqrt(d), V = G3 G3^T / sqrt(d), as in the
+authors' code; GLPR Fig. 5).
+
+Sizes: ``full`` = studies/papers/phase_diagram.toml (d in {2, 8, 32, 128},
+beta = 0.1, 0.2, ..., 9, t in [0, 30], 4 x 256 starts per point: 2880 tasks,
+about 30-60 minutes on 2 cores with numba); ``default`` = studies/papers/default.toml (identity
+Q, K, V, d in {2, 8, 32, 128}, 36 betas, 64 starts: about a minute); ``smoke``:
+seconds.
+
+Usage: ``attnflow study phase-diagram [--size full|default|smoke] --out DIR``
+or ``python -m studies.papers.phase_diagram --smoke --out DIR``.
+
+References
+----------
+Geshkovski, Letrouit, Polyanskiy, Rigollet, "A mathematical perspective on
+Transformers", arXiv:2312.10794, Fig. 3, Fig. 5, Thm 6.8 (eq. 6.9), Thm 6.9.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from particles.sphere.flow_theory import equiangular_hitting_time, equiangular_solution
+from studies.papers._flow import FLOW_DEFAULTS, build_model, solve_checked
+from studies.papers.common import study_main, study_spec, sweep_and_merge
+from studies.sweep import load_study
+from studies.sweep.tasks import register_task
+
+__all__ = ["run", "plot", "spec_for", "phase_point"]
+
+_SMOKE = {
+    "sweep": {"seeds": 1},
+    "params": {"n": 8, "batch": 4, "t_end": 10.0, "n_save": 21, "backend": "numpy"},
+    "grid": {"qkv": ["identity", "random"], "d": [2, 8], "beta": [1.0, 5.0, 9.0]},
+}
+
+
+def spec_for(size: str):
+    """The sweep spec of this study at ``size`` (smoke, default or full)."""
+    if size == "full":
+        return study_spec("phase_diagram")
+    if size == "default":
+        return study_spec("default")
+    return study_spec("phase_diagram", _SMOKE)
+
+
+def run(out: Path, size: str = "full", executor=None, progress: bool = True) -> dict[str, list[Path]]:
+    """Sweep, merge and draw; returns the HDF5 file(s) and figure(s) written."""
+    out = Path(out)
+    spec = spec_for(size)
+    h5 = sweep_and_merge(spec, out, executor, progress)
+    fig = plot(h5, out / f"{spec.name}.png")
+    return {"hdf5": [h5], "figure": [fig]}
+
+
+def boundary(betas: np.ndarray, n: int, delta: float) -> np.ndarray:
+    """t at which the equiangular ODE reaches 1 - delta, for each beta (GLPR Fig. 3 curve)."""
+    return np.array([equiangular_hitting_time(float(b), n, delta) for b in betas])
+
+
+def plot(study_file: Path, figure: Path) -> Path:
+    """Heat maps of P(t, beta) (mean over seeds), one panel per (qkv, d), boundary curve over Q=K=V=I."""
+    from matplotlib.figure import Figure
+
+    st = load_study(study_file)
+    dims, P = st["vars"]["P"]
+    c = st["coords"]
+    fixed = json.loads(st["attrs"]["fixed_parameters"])
+    n, delta = int(fixed["n"]), float(fixed["delta"])
+    P = np.nanmean(P, axis=dims.index("seed"))
+    dims = tuple(d for d in dims if d != "seed")
+    if "qkv" not in dims:  # one row: the identity case
+        P, dims, kinds = P[None], ("qkv",) + dims, np.array(["identity"])
+    else:
+        kinds = c["qkv"]
+    P = np.transpose(P, [dims.index(k) for k in ("qkv", "d", "beta", "t")])
+    ds, betas, t = c["d"], c["beta"], c["t"]
+    fig = Figure(figsize=(3.2 * len(ds) + 1.0, 2.8 * len(kinds)), layout="constrained")
+    axes = fig.subplots(len(kinds), len(ds), squeeze=False, sharex=True, sharey=True)
+    fine = np.linspace(betas.min(), betas.max(), 200)
+    curve = boundary(fine, n, delta)
+    mesh = None
+    for i, kind in enumerate(kinds):
+        for j, d in enumerate(ds):
+            ax = axes[i, j]
+            mesh = ax.pcolormesh(t, betas, P[i, j], vmin=0.0, vmax=1.0, cmap="RdBu_r", shading="nearest", rasterized=True)
+            if kind == "identity":
+                keep = curve <= t.max()
+                ax.plot(curve[keep], fine[keep], color="k", lw=1.2, label="$g_\\beta(t) = 1-\\delta$")
+            ax.set_title(f"d = {d}, Q,K,V: {kind}", fontsize=9)
+            if i == len(kinds) - 1:
+                ax.set_xlabel("t")
+            if j == 0:
+                ax.set_ylabel(r"$\beta$")
+    axes[0, 0].legend(loc="upper left", fontsize=7, framealpha=0.8)
+    fig.colorbar(mesh, ax=axes, label=r"$P(t, \beta)$", shrink=0.9)
+    fig.suptitle(rf"SA phase diagram (GLPR Fig. 3/5): fraction of pairs with $\langle x_i,x_j\rangle \geq 1-\delta$, "
+                 rf"$\delta$ = {delta:g}, n = {n}", fontsize=10)
+    figure = Path(figure)
+    fig.savefig(figure, dpi=130)
+    return figure
+
+
+
+# ------------------------------------------------------------ sweep tasks
+@register_task(
+    "flow.phase_point",
+    defaults={**FLOW_DEFAULTS, "t_end": 30.0, "n_save": 61, "delta": 1e-3, "qkv": "identity"},
+    dims={"t": ("t",), "P": ("t",), "collapsed": ("t",), "g_theory": ("t",)},
+)
+def phase_point(p: dict, seed: int) -> dict:
+    """P(t) = mean fraction of pairs i != j with <x_i, x_j> >= 1 - delta over ``batch`` uniform starts.
+
+    Also the fraction of systems fully collapsed (P = 1) and the equiangular ODE
+    g(t) from g(0) = 0 (the high-dimensional prediction, GLPR Thm 6.9).
+    """
+    from particles import fraction_close_pairs, uniform_sphere
+
+    rng = np.random.default_rng(seed)
+    model = build_model(p, rng)
+    x0 = uniform_sphere(p["batch"], p["n"], p["d"], seed=rng)
+    t = np.linspace(0.0, p["t_end"], p["n_save"])
+    delta = p["delta"]
+    sol = solve_checked(model, x0, p, p["t_end"], t, {"P": lambda x, m: fraction_close_pairs(x, delta=delta)})
+    frac = sol.observables["P"]  # (time, batch)
+    return {"t": t, "P": frac.mean(axis=1), "collapsed": (frac >= 1.0).mean(axis=1),
+            "g_theory": equiangular_solution(t, p["beta"], p["n"])}
+
+
+if __name__ == "__main__":
+    raise SystemExit(study_main("phase_diagram", run, __doc__))
