@@ -40,9 +40,9 @@ def _save_times(save_at, t0: float, t_end: float) -> np.ndarray:
     return ts
 
 
-def _resolve_observables(observables) -> dict[str, Callable]:
-    from particles.observables import OBSERVABLES
-
+def _resolve_observables(observables, model) -> dict[str, Callable]:
+    # Names are looked up in the model's own set: each model family declares its observables.
+    own = dict(getattr(model, "observables", None) or {})
     out: dict[str, Callable] = {}
     if observables is None:
         return out
@@ -52,9 +52,12 @@ def _resolve_observables(observables) -> dict[str, Callable]:
         items = []
         for o in observables:
             if isinstance(o, str):
-                if o not in OBSERVABLES:
-                    raise ParameterError("observables", f"unknown observable {o!r}; known: {sorted(OBSERVABLES)}")
-                items.append((o, OBSERVABLES[o]))
+                if o not in own:
+                    name = getattr(model, "name", type(model).__name__)
+                    raise ParameterError(
+                        "observables", f"{o!r} is not an observable of model {name!r}; its own: {sorted(own) or 'none'}"
+                    )
+                items.append((o, own[o]))
             elif callable(o):
                 items.append((getattr(o, "__name__", repr(o)), o))
             else:
@@ -127,7 +130,7 @@ def solve(
         an int for that many equally spaced times, or None for (t0, t_end).
         For SDEs they must lie on the grid t0 + k dt.
     save_states : keep the states (False: only observables are kept).
-    observables : names from :data:`particles.OBSERVABLES`, callables
+    observables : names from ``model.observables`` (the model family's own set), callables
         ``fn(x, model) -> (batch, ...)``, or a dict name -> callable.
     seed : seed of the Brownian path (SDEs), unless ``brownian`` is given.
     brownian : an explicit :class:`BrownianIncrements` (its ``step`` must equal dt).
@@ -164,7 +167,7 @@ def solve(
     check_positive_int("max_steps", max_steps)
     x_np = model.check_state(x0, normalize=normalize)
     save_t = _save_times(save_at, t0, t_end)
-    obs_fns = _resolve_observables(observables)
+    obs_fns = _resolve_observables(observables, model)
     if exit_threshold is not None:
         check_positive("exit_threshold", exit_threshold)
 

@@ -203,6 +203,13 @@ class SelfAttention:
         return self.normalization
 
     @property
+    def observables(self) -> dict:
+        """Named observables of token configurations on the sphere (:data:`particles.observables.OBSERVABLES`)."""
+        from .observables import OBSERVABLES
+
+        return dict(OBSERVABLES)
+
+    @property
     def n_heads(self) -> int:
         for p in (self.Q, self.K, self.V):
             h = _heads_of(p)

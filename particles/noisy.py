@@ -61,6 +61,11 @@ class NoisyAttention:
         return f"noisy-{self.field.name}"
 
     @property
+    def observables(self) -> dict:
+        """The field's observables (:data:`particles.observables.OBSERVABLES`)."""
+        return self.field.observables
+
+    @property
     def sigma(self) -> float:
         return float(np.sqrt(2.0 / self.kappa))
 

@@ -38,7 +38,7 @@ from particles.validation import ParameterError
 
 from .config import Option, choice, float_list, integer, name_list, real, text
 
-__all__ = ["register", "SIMULATE_PLUGINS", "RUN_OPTIONS", "run_and_store", "save_times"]
+__all__ = ["register", "SIMULATE_PLUGINS", "RUN_OPTIONS", "run_and_store", "save_times", "with_observables"]
 
 SIMULATE_PLUGINS = ("studies.simulate_flow", "studies.simulate_cov")
 
@@ -59,7 +59,7 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option("n-saves", integer(2), 101, "number of equally spaced saves over [0, T] including both ends"),
     Option("observables", name_list, None, "comma-separated observables to measure at each save, from: "
            + ", ".join(OBSERVABLES) + " (default: energy, cluster_count, fraction_close, min_inner_product)",
-           metavar="NAME,..."),
+           metavar="NAME,..."),  # a model family lists its own through with_observables()
     Option("states", None, True, "store the states (--no-states: only the observables)", flag=True),
     Option("out", text, "run.h5", "output HDF5 file", path=True, metavar="FILE"),
     Option("group", text, "/", "group of the file that holds the run"),
@@ -69,6 +69,14 @@ RUN_OPTIONS: tuple[Option, ...] = (
            "files, slower), lzf"),
     Option("progress", None, None, "progress bar (default: when stderr is a terminal)", flag=True),
 )  # fmt: skip
+
+
+def with_observables(options: Sequence[Option], names: Sequence[str], default: str) -> tuple[Option, ...]:
+    """``options`` with ``--observables`` listing a model family's own observables ``names``."""
+    import dataclasses
+
+    help_ = f"comma-separated observables to measure at each save, from: {', '.join(names)} (default: {default})"
+    return tuple(dataclasses.replace(o, help=help_) if o.name == "observables" else o for o in options)
 
 
 def register(subparsers) -> None:
@@ -114,9 +122,11 @@ def _validate(model, opts: Mapping[str, Any], method: str) -> None:
     if not sde and stepper.kind == "sde":
         raise ParameterError("method", f"{method!r} is an SDE stepper but the model has no noise")
     get_backend(opts["backend"], dtype=opts["dtype"], device=opts["device"])
+    own = getattr(model, "observables", None) or {}
     for name in opts["observables"] or ():
-        if name not in OBSERVABLES:
-            raise ParameterError("observables", f"unknown observable {name!r}; known: {sorted(OBSERVABLES)}")
+        if name not in own:
+            raise ParameterError("observables", f"{name!r} is not an observable of model {model.name!r}; "
+                                 f"its own: {sorted(own) or 'none'}")  # fmt: skip
     if sde and abs(opts["t_end"] / opts["dt"] - round(opts["t_end"] / opts["dt"])) > 1e-9:
         raise ParameterError("t-end", f"an SDE run needs t-end to be a multiple of dt={opts['dt']:g}")
 

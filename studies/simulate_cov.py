@@ -32,7 +32,7 @@ import numpy as np
 
 from particles.validation import ParameterError
 
-from .cli_simulate import RUN_OPTIONS, run_and_store
+from .cli_simulate import RUN_OPTIONS, run_and_store, with_observables
 from .config import Option, add_options, choice, integer, load_npy, real, resolve_options, text
 
 __all__ = [
@@ -80,10 +80,16 @@ NETWORK_OPTIONS: tuple[Option, ...] = (
 )  # fmt: skip
 
 
+def _observable_names(name: str) -> list[str]:
+    from particles.covariance.observables import CORRELATION_OBSERVABLES, COVARIANCE_OBSERVABLES
+
+    return list(CORRELATION_OBSERVABLES if name == "shaped-correlation" else COVARIANCE_OBSERVABLES)
+
+
 def register_models(subparsers) -> None:
     for name, help_ in MODELS.items():
         p = subparsers.add_parser(name, help=help_, description=f"Simulate the {help_}; write an HDF5 run.")
-        add_options(p, COV_OPTIONS + RUN_OPTIONS)
+        add_options(p, COV_OPTIONS + with_observables(RUN_OPTIONS, _observable_names(name), "none; V is stored"))
         p.set_defaults(func=run)
     p = subparsers.add_parser("finite-network", help="finite shaped/standard network at initialisation: V per layer",
                               description="Run a finite network (exact chain or plain torch weights); write V per layer.")  # fmt: skip
@@ -164,6 +170,8 @@ def _noise_seed(seed: int) -> int:
 
 
 def run(args) -> int:
+    from particles.covariance.observables import COVARIANCE_OBSERVABLE_DIMS
+
     opts, given = resolve_options(COV_OPTIONS + RUN_OPTIONS, args, fixed={"model": args.model})
     _check_unused(args.model, given)
     model = build_model(args.model, opts, given)
@@ -189,6 +197,7 @@ def run(args) -> int:
         noise_seed=_noise_seed(opts["seed"]),
         state_name=state_name,
         state_dims=dims,
+        obs_dims=COVARIANCE_OBSERVABLE_DIMS,
         attrs={"state_meaning": "artanh(rho)" if state_name == "x" else "covariance V"},
         describe=describe,
     )
