@@ -218,12 +218,15 @@ def _alive(pid: int) -> bool:
 
 
 def summarize(path: str | os.PathLike, group: str | None = None) -> str:
-    """A human-readable summary of the runs in a file (``attnflow info``)."""
+    """A human-readable summary of the runs in a file, or of a shard or study file (``attnflow info``)."""
     from ._summary import format_run
 
     groups = [group] if group is not None else list_runs(path)
-    if not groups:
-        raise ParameterError("path", f"{path} holds no attnflow run")
+    if not groups:  # a sweep shard, a merged study, a study's own file
+        from ._summary_files import format_file
+
+        with _open_read(path) as f:
+            return format_file(f)
     with _open_read(path) as f:
         open_for_write = f.swmr_mode
         blocks = [format_run(f.filename, _run_group(f, g)) for g in groups]
