@@ -16,11 +16,11 @@ import numpy as np
 
 from integrators.validation import ParameterError, check_positive, check_positive_int
 
-from .backends import get_backend
-from .brownian import BrownianIncrements
-from .controller import PIController
-from .registry import Stepper, get_stepper
-from .solution import Solution
+from integrators.backends import get_backend
+from integrators.brownian import BrownianIncrements
+from integrators.controller import PIController
+from integrators.registry import Stepper, get_stepper
+from integrators.solution import Solution
 
 __all__ = ["solve"]
 
@@ -41,12 +41,8 @@ def _save_times(save_at, t0: float, t_end: float) -> np.ndarray:
 
 
 def _resolve_observables(observables, model) -> dict[str, Callable]:
-    """Callables by name; names are looked up in the model's own ``observables`` mapping.
-
-    The driver knows no observable itself: each model family declares what can be
-    measured on its states (``model.observables``), so a name from another family is
-    an error that lists the model's own.
-    """
+    # Names are looked up in the model's own set: each model family declares its observables.
+    own = dict(getattr(model, "observables", None) or {})
     out: dict[str, Callable] = {}
     if observables is None:
         return out
@@ -58,8 +54,10 @@ def _resolve_observables(observables, model) -> dict[str, Callable]:
         for o in observables:
             if isinstance(o, str):
                 if o not in own:
-                    known = ", ".join(sorted(own)) or "none (pass callables)"
-                    raise ParameterError("observables", f"{o!r} is not an observable of this model; its own: {known}")
+                    name = getattr(model, "name", type(model).__name__)
+                    raise ParameterError(
+                        "observables", f"{o!r} is not an observable of model {name!r}; its own: {sorted(own) or 'none'}"
+                    )
                 items.append((o, own[o]))
             elif callable(o):
                 items.append((getattr(o, "__name__", repr(o)), o))
@@ -133,7 +131,7 @@ def solve(
         an int for that many equally spaced times, or None for (t0, t_end).
         For SDEs they must lie on the grid t0 + k dt.
     save_states : keep the states (False: only observables are kept).
-    observables : names from the model's own ``model.observables`` mapping, callables
+    observables : names from ``model.observables`` (the model family's own set), callables
         ``fn(x, model) -> (batch, ...)``, or a dict name -> callable.
     seed : seed of the Brownian path (SDEs), unless ``brownian`` is given.
     brownian : an explicit :class:`BrownianIncrements` (its ``step`` must equal dt).

@@ -64,6 +64,13 @@ class CorrelationSDE:
             raise ParameterError("drift_scale", f"must be >= 0, got {self.drift_scale}")
         check_positive("k", self.k)
 
+    @property
+    def observables(self) -> dict:
+        """Named observables of the state x = artanh(rho): ``rho`` = tanh(x) (:mod:`.observables`)."""
+        from .observables import CORRELATION_OBSERVABLES
+
+        return dict(CORRELATION_OBSERVABLES)
+
     def params(self) -> dict:
         return {"model": self.name, "c_plus": self.c_plus, "c_minus": self.c_minus,
                 "drift_scale": self.drift_scale, "k": self.k, "calculus": self.calculus}  # fmt: skip

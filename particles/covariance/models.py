@@ -143,6 +143,13 @@ class _CovarianceSDE:
         raise NotImplementedError
 
     @property
+    def observables(self) -> dict:
+        """Named observables of the state V: rho, diagonal, trace, spectrum, rank (:mod:`.observables`)."""
+        from .observables import COVARIANCE_OBSERVABLES
+
+        return dict(COVARIANCE_OBSERVABLES)
+
+    @property
     def n_noise(self) -> int:
         """Number of m x m Brownian matrices per path (W1; W2 only when there is attention)."""
         return 2 if self.coefficients.k_sa > 0 else 1

@@ -30,9 +30,9 @@ from integrators.ops import namespace
 from integrators.spaces import Euclidean
 from integrators.validation import ParameterError, check_choice, check_nonnegative, check_positive_int
 
-from .geometry import Sphere, sphere_tangent
-from .init import check_unit
-from .params import PiecewiseConstant, resolve
+from particles.sphere.geometry import Sphere, sphere_tangent
+from particles.sphere.init import check_unit
+from particles.sphere.params import PiecewiseConstant, resolve
 
 __all__ = ["SelfAttention", "FeedForward", "NORMALIZATIONS", "ACTIVATIONS"]
 
@@ -205,10 +205,10 @@ class SelfAttention:
 
     @property
     def observables(self) -> dict:
-        """What ``solve(observables=[...])`` can measure by name on this flow's states."""
+        """Named observables of token configurations on the sphere (:data:`particles.sphere.observables.OBSERVABLES`)."""
         from .observables import OBSERVABLES
 
-        return OBSERVABLES
+        return dict(OBSERVABLES)
 
     @property
     def n_heads(self) -> int:
@@ -262,7 +262,7 @@ class SelfAttention:
 
     def with_noise(self, kappa: float, calculus: str = "stratonovich"):
         """The noisy flow dX = field dt + sqrt(2/kappa) dW on the sphere (MF)."""
-        from .noisy import NoisyAttention
+        from particles.sphere.noisy import NoisyAttention
 
         return NoisyAttention(self, kappa, calculus)
 

@@ -60,12 +60,13 @@ class NoisyAttention:
         return self.field.space
 
     @property
-    def observables(self) -> dict:
-        return self.field.observables
-
-    @property
     def name(self) -> str:
         return f"noisy-{self.field.name}"
+
+    @property
+    def observables(self) -> dict:
+        """The field's observables (:data:`particles.sphere.observables.OBSERVABLES`)."""
+        return self.field.observables
 
     @property
     def sigma(self) -> float:

@@ -8,9 +8,10 @@ __all__ = ["register"]
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "info",
-        help="summarise an HDF5 run file",
+        help="summarise a run, study or shard file",
         description="Print the attributes, datasets (shapes, dims, chunks), status and final observables of the "
-        "runs in FILE.",
+        "runs in FILE; for a merged study or a sweep shard: its dimensions with their coordinates, variables, "
+        "completeness and parameters.",
     )
     p.add_argument("file", help="HDF5 file written by attnflow")
     p.add_argument("--group", default=None, help="only this run group (default: every run in the file)")

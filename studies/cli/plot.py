@@ -18,9 +18,11 @@ PLOT_PLUGINS = ("studies.figures.flow", "studies.figures.cov")
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "plot",
-        help="draw a stored run",
-        description="Draw a stored run: trajectories on the circle / sphere (d = 2, 3), the histogram of pairwise "
-        "inner products over time, the number of clusters and the energy over time.",
+        help="draw a run, a study file or a sweep shard",
+        description="Draw a file written by attnflow. A flow run: trajectories on the circle / sphere (d = 2, 3), the "
+        "histogram of pairwise inner products over time, the number of clusters and the energy over time. A covariance "
+        "run: rho^{ab} over depth with quantile bands, the density of rho at the end, the diagonal and the spectrum. A "
+        "merged study file: the study's own figure. A sweep shard: its measurements.",
     )
     p.add_argument("file", help="HDF5 file written by attnflow")
     p.add_argument("--out", default=None, help="image file (.png, .pdf, .svg; default: FILE with .png)")
@@ -30,10 +32,21 @@ def register(subparsers) -> None:
 
 
 def plot_file(path, out, group: str = "/", system: int = 0):
-    """Read the run at ``path``/``group`` and draw it with the first figure module that handles it."""
-    from studies.errors import UserError
-    from studies.store import read_run
+    """Draw the run at ``path``/``group`` with the first figure module that handles it.
 
+    A file with no run (a merged study, a sweep shard, a study's own file) is drawn by
+    :func:`studies.figures.study.plot_study_file`, which returns a list of figures.
+    """
+    from studies.errors import UserError
+    from studies.store import list_runs, read_run
+
+    runs = list_runs(path)
+    if not runs:
+        from studies.figures.study import plot_study_file
+
+        return plot_study_file(path, out)
+    if "/" + group.strip("/") not in runs and group.strip("/") == "":
+        raise UserError(f"{path} holds runs in groups {', '.join(runs)}: choose one with --group")
     r = read_run(path, group)
     for mod_name in PLOT_PLUGINS:
         try:
@@ -58,6 +71,7 @@ def run(args) -> int:
         from integrators.validation import ParameterError
 
         raise ParameterError("out", f"folder {out.parent} does not exist")
-    path = plot_file(args.file, out, args.group, system)
-    print(f"wrote {path}")
+    paths = plot_file(args.file, out, args.group, system)
+    for path in paths if isinstance(paths, list) else [paths]:
+        print(f"wrote {path}")
     return 0

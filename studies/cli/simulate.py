@@ -38,7 +38,7 @@ from integrators.validation import ParameterError
 
 from studies.cli.options import Option, choice, float_list, integer, name_list, real, text
 
-__all__ = ["register", "SIMULATE_PLUGINS", "RUN_OPTIONS", "run_and_store", "save_times"]
+__all__ = ["register", "SIMULATE_PLUGINS", "RUN_OPTIONS", "run_and_store", "save_times", "with_observables"]
 
 SIMULATE_PLUGINS = ("studies.cli.simulate_flow", "studies.cli.simulate_cov")
 
@@ -59,14 +59,24 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option("n-saves", integer(2), 101, "number of equally spaced saves over [0, T] including both ends"),
     Option("observables", name_list, None, "comma-separated observables to measure at each save, from: "
            + ", ".join(OBSERVABLES) + " (default: energy, cluster_count, fraction_close, min_inner_product)",
-           metavar="NAME,..."),
+           metavar="NAME,..."),  # a model family lists its own through with_observables()
     Option("states", None, True, "store the states (--no-states: only the observables)", flag=True),
     Option("out", text, "run.h5", "output HDF5 file", path=True, metavar="FILE"),
     Option("group", text, "/", "group of the file that holds the run"),
     Option("overwrite", None, False, "replace an existing output file (or group)", flag=True),
-    Option("compression", choice(("gzip", "lzf", "none")), "gzip", "dataset compression"),
+    Option("compression", choice(("none", "gzip", "lzf")), "none", "compression of datasets with a chunk per save "
+           "(frames of 4 KiB or more): none (default, fastest), gzip (level 4 + shuffle; 5-10% smaller float64 "
+           "files, slower), lzf"),
     Option("progress", None, None, "progress bar (default: when stderr is a terminal)", flag=True),
 )  # fmt: skip
+
+
+def with_observables(options: Sequence[Option], names: Sequence[str], default: str) -> tuple[Option, ...]:
+    """``options`` with ``--observables`` listing a model family's own observables ``names``."""
+    import dataclasses
+
+    help_ = f"comma-separated observables to measure at each save, from: {', '.join(names)} (default: {default})"
+    return tuple(dataclasses.replace(o, help=help_) if o.name == "observables" else o for o in options)
 
 
 def register(subparsers) -> None:
@@ -115,7 +125,8 @@ def _validate(model, opts: Mapping[str, Any], method: str) -> None:
     own = getattr(model, "observables", None) or {}
     for name in opts["observables"] or ():
         if name not in own:
-            raise ParameterError("observables", f"{name!r} is not an observable of this model; its own: {', '.join(sorted(own)) or 'none'}")
+            raise ParameterError("observables", f"{name!r} is not an observable of model {model.name!r}; "
+                                 f"its own: {sorted(own) or 'none'}")  # fmt: skip
     if sde and abs(opts["t_end"] / opts["dt"] - round(opts["t_end"] / opts["dt"])) > 1e-9:
         raise ParameterError("t-end", f"an SDE run needs t-end to be a multiple of dt={opts['dt']:g}")
 

@@ -83,8 +83,8 @@ def run_from_args(run: Callable, args, default_size: str = "full") -> dict:
 
 
 def study_main(name: str, run: Callable, doc: str, argv=None) -> int:
-    """``python -m studies.study_X [--smoke] [--out DIR] ...``."""
-    p = argparse.ArgumentParser(prog=f"python -m studies.study_{name}", description=doc,
+    """``python -m studies.papers.X [--smoke] [--out DIR] ...``."""
+    p = argparse.ArgumentParser(prog=f"python -m studies.papers.{name}", description=doc,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_study_options(p)
     args = p.parse_args(argv)

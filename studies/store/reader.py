@@ -21,7 +21,7 @@ from integrators.validation import ParameterError
 
 from studies.store.flags import clear_superblock_flags, superblock_flags
 
-__all__ = ["Run", "read_run", "list_runs", "open_xarray", "summarize", "repair"]
+__all__ = ["Run", "read_run", "list_runs", "open_xarray", "repair"]
 
 
 def _open_read(path: str | os.PathLike) -> h5py.File:
@@ -215,26 +215,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def summarize(path: str | os.PathLike, group: str | None = None) -> str:
-    """A human-readable summary of the runs in a file (``attnflow info``)."""
-    from studies.store.summary import format_run
-
-    groups = [group] if group is not None else list_runs(path)
-    if not groups:
-        raise ParameterError("path", f"{path} holds no attnflow run")
-    with _open_read(path) as f:
-        open_for_write = f.swmr_mode
-        blocks = [format_run(f.filename, _run_group(f, g)) for g in groups]
-        writers = [(_decode(g.attrs.get("writer_host")), g.attrs.get("writer_pid")) for g in _groups(f)]
-    if open_for_write:
-        live = [int(pid) for host, pid in writers if host == socket.gethostname() and pid is not None and _alive(int(pid))]
-        if live:
-            blocks.append(f"note: still being written by process {live[0]} (read in SWMR mode).")
-        else:
-            blocks.append(
-                "note: the writer was killed; HDF5's write flag is still set (this tool reads the file in SWMR mode).\n"
-                f"      `attnflow info --repair {path}` clears the flag so that any HDF5 tool opens it."
-            )
-    return "\n\n".join(blocks)

@@ -1,13 +1,18 @@
-"""Text summary of one stored run (``attnflow info``)."""
+"""Text summaries of stored files (``attnflow info``): runs, sweep shards, merged studies."""
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 
 import h5py
 import numpy as np
 
-__all__ = ["format_run"]
+from studies.store import reader
+from studies.store.files import format_file
+
+__all__ = ["format_run", "summarize"]
 
 _SHOWN = {
     "attnflow_format", "model", "params_json", "seed", "integrator", "dt", "backend", "dtype", "device",
@@ -108,3 +113,25 @@ def format_run(filename: str, g: h5py.Group) -> str:
             else:
                 lines.append(f"    {name:<{w}}  {_stat_line(ds[n - 1])}")
     return "\n".join(lines)
+
+
+def summarize(path: str | os.PathLike, group: str | None = None) -> str:
+    """A human-readable summary of the runs in a file, or of a shard or study file (``attnflow info``)."""
+    groups = [group] if group is not None else reader.list_runs(path)
+    if not groups:  # a sweep shard, a merged study, a study's own file
+        with reader._open_read(path) as f:
+            return format_file(f)
+    with reader._open_read(path) as f:
+        open_for_write = f.swmr_mode
+        blocks = [format_run(f.filename, reader._run_group(f, g)) for g in groups]
+        writers = [(reader._decode(g.attrs.get("writer_host")), g.attrs.get("writer_pid")) for g in reader._groups(f)]
+    if open_for_write:
+        live = [int(pid) for host, pid in writers if host == socket.gethostname() and pid is not None and reader._alive(int(pid))]
+        if live:
+            blocks.append(f"note: still being written by process {live[0]} (read in SWMR mode).")
+        else:
+            blocks.append(
+                "note: the writer was killed; HDF5's write flag is still set (this tool reads the file in SWMR mode).\n"
+                f"      `attnflow info --repair {path}` clears the flag so that any HDF5 tool opens it."
+            )
+    return "\n\n".join(blocks)

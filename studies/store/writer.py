@@ -9,6 +9,18 @@ Layout of a run (a group; the file's root by default)::
     attrs              model, every parameter (and ``params_json``), seed, integrator, dt,
                        backend, dtype, device, package_version, git_commit, created, status, ...
 
+Chunking. Every save appends one frame along time. A chunk holds as many saves
+as fit in ``_FRAME_CHUNK_BYTES`` (4 KiB; at least one save, a frame above
+``_CHUNK_BYTES`` split along its leading axes), and only chunks that hold one
+save are compressed: each compressed chunk is then written once. A compressed
+chunk spanning several saves would be recompressed and reallocated at every
+save, and HDF5 does not reuse the space it leaves (files grew 10-50x beyond
+their data). Uncompressed chunks are written in place, so small frames
+(observables, small states) share chunks at no cost and a file holds at most
+one partly filled 4 KiB chunk per dataset beyond its data. The default is no
+compression: shuffle + gzip saves 5-10% on float64 trajectories for about half
+again the writing time (``python -m studies.benchmarks.bench_store``).
+
 Every dataset has its dimensions attached as HDF5 dimension scales, so
 ``xarray.open_dataset(path, engine="h5netcdf")`` opens a run with named
 dimensions (see :func:`open_xarray`).
@@ -49,6 +61,8 @@ FORMAT_VERSION = 1
 LIBVER = ("v110", "v110")
 COMPRESSIONS = ("gzip", "lzf", "none")
 _CHUNK_BYTES = 1 << 19
+#: Saves share a chunk up to this size; frames at least this large get one chunk per save (and may be compressed).
+_FRAME_CHUNK_BYTES = 1 << 12
 _MAX_T_CHUNK = 128
 _RESERVED = (
     "attnflow_format", "model", "params_json", "seed", "integrator", "dt", "backend", "dtype", "device",
@@ -103,10 +117,10 @@ def _json_default(o):
 
 
 def _chunks(frame: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
-    """Chunk shape along time: about _CHUNK_BYTES, whole frames when they fit."""
+    """Chunk shape along time: saves share a chunk up to _FRAME_CHUNK_BYTES; frames above _CHUNK_BYTES are split."""
     nbytes = max(1, math.prod(frame) * itemsize)
     if nbytes <= _CHUNK_BYTES:
-        return (int(min(_MAX_T_CHUNK, max(1, _CHUNK_BYTES // nbytes))), *frame)
+        return (int(min(_MAX_T_CHUNK, max(1, _FRAME_CHUNK_BYTES // nbytes))), *frame)
     chunk = list(frame)
     for ax in range(len(chunk)):  # split the leading (batch) axes first
         while chunk[ax] > 1 and math.prod(chunk) * itemsize > _CHUNK_BYTES:
@@ -128,7 +142,8 @@ class RunWriter:
         "x", ("batch", "n", "d") for particles; e.g. "V", ("batch", "m", "m2") for covariances.
     obs_dims : observable name -> its dimensions after time (default ("batch", "<name>_1", ...)).
     coords : dimension name -> coordinate values (default 0, 1, ..., size - 1).
-    compression : "gzip" (default, with shuffle), "lzf" or "none".
+    compression : "none" (default), "gzip" (level 4, with shuffle) or "lzf" (with shuffle); applied to
+        datasets whose chunks hold one save (frames of at least 4 KiB), see the module docstring.
     attrs : further attributes (e.g. t_end, the command line).
     overwrite : replace an existing file (root group) or group.
     """
@@ -150,7 +165,7 @@ class RunWriter:
         state_dims: Sequence[str] = ("batch", "n", "d"),
         obs_dims: Mapping[str, Sequence[str]] | None = None,
         coords: Mapping[str, np.ndarray] | None = None,
-        compression: str = "gzip",
+        compression: str = "none",
         attrs: Mapping[str, Any] | None = None,
         overwrite: bool = False,
     ):
@@ -251,16 +266,18 @@ class RunWriter:
             dtype, fill = frame.dtype, -1 if frame.dtype.kind == "i" else 0
         else:
             raise TypeError(f"cannot store {name!r} of dtype {frame.dtype}")
+        chunks = _chunks(frame.shape, dtype.itemsize)
         filters = {}
-        if self.compression == "gzip":
-            filters = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
-        elif self.compression == "lzf":
-            filters = {"compression": "lzf", "shuffle": True}
+        if chunks[0] == 1:  # a chunk that spans saves would be recompressed at each of them
+            if self.compression == "gzip":
+                filters = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+            elif self.compression == "lzf":
+                filters = {"compression": "lzf", "shuffle": True}
         ds = self._g.create_dataset(
             name,
             shape=(0, *frame.shape),
             maxshape=(None, *frame.shape),
-            chunks=_chunks(frame.shape, dtype.itemsize),
+            chunks=chunks,
             dtype=dtype,
             fillvalue=fill,
             **filters,

@@ -104,7 +104,8 @@ def test_chunked_along_time_and_compressed(tmp_path, dtype, compression):
             ds = f[name]
             assert ds.chunks is not None and ds.maxshape[0] is None, name
             assert ds.chunks[1:] == ds.shape[1:], name  # small frames: whole frames per chunk
-            assert ds.compression == compression, name
+            # Frames below 4 KiB share chunks across saves, which are never compressed (test_store_size.py).
+            assert ds.chunks[0] > 1 and ds.compression is None, name
         assert f["x"].dtype == np.dtype(dtype) and f["energy"].dtype == np.dtype(dtype)
         assert f["t"].dtype == np.float64 and f["cluster_count"].dtype.kind == "i"
 
@@ -174,7 +175,7 @@ def test_summary_and_not_a_run(tmp_path):
     path = tmp_path / "run.h5"
     _, sol = _run(path)
     text = summarize(path)
-    assert "status: complete" in text and "rk4" in text and "dims (t, batch, n, d)" in text and "gzip" in text
+    assert "status: complete" in text and "rk4" in text and "dims (t, batch, n, d)" in text and "chunks" in text
     assert f"{np.mean(sol.observables['energy'][-1]):.6g}" in text  # final observable
     junk = tmp_path / "junk.h5"
     junk.write_text("not hdf5")
