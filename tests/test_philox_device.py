@@ -54,3 +54,23 @@ def test_device_stream_bit_for_bit_on_a_row_with_wedge_and_tail_draws():
     assert np.array_equal(got, ref)
     # the same row drawn alone (another batch size) gives the same numbers: a function of (k, r, j)
     assert np.array_equal(device_fill(key, 5, 1, 1.0, 3, 64).numpy(), ref[:3])
+
+
+def test_fused_sde_step_with_device_draws_follows_the_numba_stream_path(monkeypatch):
+    """The torch SDE step drawing on the device (forced here on the CPU) follows the same path."""
+    from integrators import BrownianIncrements, solve
+    from particles.covariance import ShapedBlockSDE
+    from particles.covariance import _fused
+
+    model = ShapedBlockSDE(0.5, 0.8, 0.3, -1.0, heads=2)
+    A = np.random.default_rng(3).standard_normal((64, 4, 4)) / 2
+    V0 = A @ np.swapaxes(A, -1, -2) + 0.3 * np.eye(4)
+    path = BrownianIncrements(tuple(model.noise_shape(V0.shape)), 0.01, seed=5).coarsen(2)
+    kw = dict(dt=0.02, method="psd-euler-maruyama", brownian=path, save_at=3, backend="torch")
+    host = solve(model, V0, 0.2, **kw)
+    calls = []
+    monkeypatch.setattr(_fused, "_draws_on_device", lambda device: calls.append(device) or True)
+    dev = solve(model, V0, 0.2, **kw)
+    assert len(calls) == 10  # every step drew through the device stream
+    np.testing.assert_allclose(dev.x, host.x, rtol=0, atol=1e-12 * np.abs(host.x).max())
+    assert np.array_equal(dev.exited, host.exited)
