@@ -12,7 +12,7 @@ import os
 
 from particles.validation import ParameterError
 
-__all__ = ["DTYPES", "build", "check_tensor", "triton_available"]
+__all__ = ["DTYPES", "build", "check_tensor", "load_kernels", "triton_available"]
 
 #: torch dtypes the kernels are written for
 DTYPES = ("float32", "float64")
@@ -51,6 +51,27 @@ def build(name: str, maker, interpret: bool):
         with _interpret(interpret):
             _BUILT[key] = maker()
     return _BUILT[key]
+
+
+def load_kernels(filename: str, interpret: bool):
+    """The module ``filename`` (beside this one; it imports triton at its top), loaded once per mode.
+
+    Kernels that call other ``triton.jit`` functions must live at a module's top level
+    (Triton resolves callees through the module's globals), and ``triton.jit`` decides at
+    definition time whether it interprets; so the module is executed once for each mode,
+    under its own name.
+    """
+    import importlib.util
+    import pathlib
+
+    def maker():
+        name = f"particles.sphere._{pathlib.Path(filename).stem}_{'interp' if interpret else 'cuda'}"
+        spec = importlib.util.spec_from_file_location(name, pathlib.Path(__file__).with_name(filename))
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return build(filename, maker, interpret)
 
 
 def check_tensor(x, name: str = "x") -> bool:
