@@ -111,7 +111,12 @@ class NumbaBackend(NumpyBackend):
 
 @dataclass(frozen=True)
 class TorchBackend:
-    """torch tensors on ``device``; ``fused`` as for :class:`NumbaBackend`."""
+    """torch tensors on ``device``; ``fused`` as for :class:`NumbaBackend`.
+
+    On CUDA (with ``fused=True``) the attention flow's field and Euler step take the GPU
+    kernels of :mod:`particles.sphere._cuda_dispatch` (SDPA, Triton where installed), and an
+    initial state already on the device is validated there and never copied to the host.
+    """
 
     dtype: str = "float64"
     device: str = "cpu"
@@ -144,13 +149,40 @@ class TorchBackend:
     def to_numpy(self, x) -> np.ndarray:
         return x.detach().cpu().numpy()
 
+    @property
+    def on_cuda(self) -> bool:
+        import torch
+
+        return torch.device(self.device).type == "cuda"
+
+    def check_state(self, model, x0, normalize: bool = False):
+        """``model.check_state``; a CUDA tensor is validated on the device and stays there."""
+        from .device import check_device_state, is_device_tensor
+
+        if is_device_tensor(x0):
+            return check_device_state(model, x0, normalize, self)
+        return model.check_state(x0, normalize=normalize)
+
     def drift(self, model):
+        # on CUDA the attention flow takes SDPA or the Triton kernels (particles.sphere._cuda_dispatch)
+        if self.on_cuda and self.fused:
+            from particles.sphere._cuda_dispatch import cuda_drift
+
+            f = cuda_drift(model)
+            if f is not None:
+                return f
         return model.drift
 
     def diffusion(self, model):
         return model.diffusion
 
     def fused_step(self, model, stepper):
+        if self.on_cuda and self.fused:
+            from particles.sphere._cuda_dispatch import cuda_fused_step
+
+            step = cuda_fused_step(model, stepper, self)
+            if step is not None:
+                return step
         return _model_fused_step(self, model, stepper)
 
     def fused_sde_step(self, model, stepper, noise):
