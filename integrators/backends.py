@@ -111,7 +111,12 @@ class NumbaBackend(NumpyBackend):
 
 @dataclass(frozen=True)
 class TorchBackend:
-    """torch tensors on ``device``; ``fused`` as for :class:`NumbaBackend`."""
+    """torch tensors on ``device``; ``fused`` as for :class:`NumbaBackend`.
+
+    On CUDA (with ``fused=True``) the attention flow's field and Euler step take the GPU
+    kernels of :mod:`particles.sphere._cuda_dispatch` (SDPA, Triton where installed), and an
+    initial state already on the device is validated there and never copied to the host.
+    """
 
     dtype: str = "float64"
     device: str = "cpu"
@@ -144,7 +149,28 @@ class TorchBackend:
     def to_numpy(self, x) -> np.ndarray:
         return x.detach().cpu().numpy()
 
+    @property
+    def on_cuda(self) -> bool:
+        import torch
+
+        return torch.device(self.device).type == "cuda"
+
+    def check_state(self, model, x0, normalize: bool = False):
+        """``model.check_state``; a CUDA tensor is validated on the device and stays there."""
+        from .device import check_device_state, is_device_tensor
+
+        if is_device_tensor(x0):
+            return check_device_state(model, x0, normalize, self)
+        return model.check_state(x0, normalize=normalize)
+
     def drift(self, model):
+        # On CUDA a model may offer its own device kernels (model.device_drift(backend)): the
+        # attention flow takes SDPA or its Triton kernels there.
+        hook = getattr(model, "device_drift", None)
+        if self.on_cuda and self.fused and hook is not None:
+            f = hook(self)
+            if f is not None:
+                return f
         return model.drift
 
     def diffusion(self, model):

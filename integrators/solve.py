@@ -98,7 +98,7 @@ def solve(
     device: str | None = None,
     t0: float = 0.0,
     save_at: Sequence[float] | int | None = None,
-    save_states: bool = True,
+    save_states: bool | str = True,
     observables=(),
     seed: int | None = None,
     brownian: BrownianIncrements | None = None,
@@ -130,7 +130,8 @@ def solve(
     save_at : save times (must include the times you want, t0 is not added),
         an int for that many equally spaced times, or None for (t0, t_end).
         For SDEs they must lie on the grid t0 + k dt.
-    save_states : keep the states (False: only observables are kept).
+    save_states : keep the states (False: only observables are kept; "device": keep them as
+        tensors on the torch backend's device, no host copies, ``Solution.x`` a tensor).
     observables : names from ``model.observables`` (the model family's own set), callables
         ``fn(x, model) -> (batch, ...)``, or a dict name -> callable.
     seed : seed of the Brownian path (SDEs), unless ``brownian`` is given.
@@ -166,7 +167,11 @@ def solve(
         dt = (t_end - t0) / 100
     dt = check_positive("dt", dt)
     check_positive_int("max_steps", max_steps)
-    x_np = model.check_state(x0, normalize=normalize)
+    # the torch backend validates a CUDA tensor on the device and keeps it there
+    x_np = be.check_state(model, x0, normalize) if hasattr(be, "check_state") else model.check_state(x0, normalize=normalize)
+    on_device = save_states == "device"
+    if on_device and be.name != "torch":
+        raise ParameterError("save_states", "'device' keeps torch tensors: use backend='torch'")
     save_t = _save_times(save_at, t0, t_end)
     obs_fns = _resolve_observables(observables, model)
     if exit_threshold is not None:
@@ -207,11 +212,11 @@ def solve(
     saved_t: list[float] = []
 
     def save(tk: float, xk) -> None:
-        xn = be.to_numpy(xk)
+        xn = None if on_device and not obs_fns and writer is None else be.to_numpy(xk)
         obs = {name: np.asarray(fn(xn, model)) for name, fn in obs_fns.items()}
         saved_t.append(tk)
         if save_states:
-            saved_x.append(xn.copy())
+            saved_x.append(xk.clone() if on_device else xn.copy())
         for name, v in obs.items():
             saved_obs[name].append(v)
         if writer is not None:
@@ -303,7 +308,7 @@ def solve(
     stats = {"n_steps": n_steps, "n_rejected": n_rejected, "wall_time_s": wall}
     sol = Solution(
         t=np.asarray(saved_t),
-        x=np.stack(saved_x) if save_states and saved_x else None,
+        x=(_stack_device(saved_x) if on_device else np.stack(saved_x)) if save_states and saved_x else None,
         observables={k: np.stack(v) for k, v in saved_obs.items()},
         exited=exited,
         exit_time=exit_time,
@@ -323,6 +328,12 @@ def solve(
     if writer is not None:
         writer.close(status, {**stats, "n_exited": int(exited.sum())})
     return sol
+
+
+def _stack_device(xs):
+    import torch
+
+    return torch.stack(xs)
 
 
 def _handle_exits(be, x_old, x_new, exited, exit_time, t_new, threshold):

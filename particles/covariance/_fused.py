@@ -5,7 +5,8 @@ the factorised diffusion in two passes, adds them, symmetrises and checks exits 
 numpy. On the numba backend one compiled pass per path does all of it, drawing the path's
 Brownian row in place from the same counter-based stream as
 :class:`integrators.BrownianIncrements`. On the torch backend the step stays on the
-device: the increment is drawn into one reused buffer, the non-symmetric parts of drift
+device: the increment is drawn into one reused buffer (on a GPU, on the device by
+:mod:`integrators._philox_torch`, the same numbers), the non-symmetric parts of drift
 (:func:`_algebra.b_sa_parts`, the lower triangle of b_ReLU) and noise are summed first and symmetrised
 once (so the new state is exactly symmetric), on the CPU the batch runs in chunks that
 stay in cache, and the exit check is one reduction. Both give the generic step's numbers up to
@@ -22,6 +23,12 @@ __all__ = ["fused_sde_step"]
 
 _PSD = {"euler-maruyama": False, "psd-euler-maruyama": True}
 _CPU_CHUNK = 2048  # paths per torch pass on the CPU
+
+
+def _draws_on_device(device) -> bool:
+    """Draw the increments where the state lives (no host -> device copy per step), except on
+    the CPU, where the Numba stream is faster than torch integer ops; both give the same numbers."""
+    return device.type != "cpu"
 
 
 def fused_sde_step(model, stepper_name: str, backend, noise):
@@ -98,13 +105,20 @@ def _torch_step(model, backend, noise, psd: bool):
 
     def step(t, V, h, k, exited, threshold):
         B = V.shape[0]
-        if "w" not in buf:
-            buf["w"] = np.empty((B, int(np.prod(noise.shape[1:]))))
-            buf["wt"] = torch.from_numpy(buf["w"])  # shares memory with the numpy buffer
-        # drawn in parallel before the torch ops (measured: drawing on a background thread
-        # while they run makes the step 1.3x slower on 2 cores: torch keeps both busy)
-        noise.fill(k, buf["w"])
-        dW = buf["wt"].reshape(noise.shape).to(device=V.device, dtype=V.dtype, non_blocking=True)
+        P = int(np.prod(noise.shape[1:]))
+        if _draws_on_device(V.device):
+            from integrators._philox_torch import device_fill
+
+            w = device_fill(noise.key, k * noise.factor, noise.factor, math.sqrt(noise.dt), B, P, V.device)
+            dW = w.reshape(noise.shape).to(dtype=V.dtype)
+        else:
+            if "w" not in buf:
+                buf["w"] = np.empty((B, P))
+                buf["wt"] = torch.from_numpy(buf["w"])  # shares memory with the numpy buffer
+            # drawn in parallel before the torch ops (measured: drawing on a background thread
+            # while they run makes the step 1.3x slower on 2 cores: torch keeps both busy)
+            noise.fill(k, buf["w"])
+            dW = buf["wt"].reshape(noise.shape).to(device=V.device, dtype=V.dtype, non_blocking=True)
         limit = min(math.inf if threshold is None else float(threshold), torch.finfo(V.dtype).max)
         frozen = torch.as_tensor(exited, device=V.device)
         # on the CPU, chunks whose temporaries stay in cache (measured: 1.3-1.5x faster than one pass)

@@ -350,6 +350,24 @@ class SelfAttention:
         (the ensemble workload); same mathematics as the generic stepper, one
         pass over memory. See :mod:`particles.sphere._fused`.
         """
+        if getattr(backend, "on_cuda", False):
+            # on CUDA: the Triton Euler kernel for short sequences, else the torch fused step
+            from ._cuda_dispatch import cuda_fused_step
+
+            step = cuda_fused_step(self, stepper_name, backend)
+            if step is not None:
+                return step
         from particles.sphere._fused import fused_step
 
         return fused_step(self, stepper_name, backend)
+
+    def device_drift(self, backend):
+        """``f(t, x)`` on the backend's CUDA device through SDPA or the Triton kernels, or None.
+
+        The torch backend's hook on CUDA (:mod:`particles.sphere._cuda_dispatch`): SDPA for the
+        softmax field where it has a fused kernel for the dtype, the flash-style Triton kernel for
+        float64 and the USA weights; the generic array-API drift otherwise.
+        """
+        from ._cuda_dispatch import cuda_drift
+
+        return cuda_drift(self)
