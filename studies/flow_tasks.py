@@ -49,6 +49,35 @@ def _model(p: dict, rng: np.random.Generator):
     return SelfAttention(beta=p["beta"], normalization=p["normalization"])
 
 
+def validate(p: dict) -> None:
+    """What the task would reject when it runs, checked at spec time (once per distinct model).
+
+    Builds the model as the task does (random Q, K, V from a fixed seed: only
+    their shapes matter here) and checks the integration settings ``solve`` checks.
+    """
+    from integrators import BACKENDS
+    from integrators.registry import get_stepper
+    from particles.validation import ParameterError, check_choice, check_positive, check_positive_int
+
+    check_positive("dt", p["dt"])
+    check_choice("backend", p["backend"], BACKENDS)
+    if get_stepper(p["method"]).kind != "ode":
+        raise ParameterError("method", f"{p['method']!r} is an SDE stepper but the flow has no noise")
+    for key in ("n", "d", "batch", "n_save"):
+        if key in p:
+            check_positive_int(key, p[key])
+    for key in ("t_end", "t_max"):
+        if key in p:
+            check_positive(key, p[key])
+    _model(p, np.random.default_rng(0))
+
+
+#: spec-time validation of every flow task; the parameters it depends on
+_CHECKED = {"validate": validate,
+            "validate_keys": ("dt", "backend", "method", "n", "d", "batch", "n_save", "t_end", "t_max", "beta",
+                              "normalization", "qkv")}
+
+
 def _solve(model, x0, p: dict, t_end: float, save_at, observables: dict, t0: float = 0.0, save_states: bool = False,
            horizon: float | None = None):
     from integrators import solve
@@ -67,6 +96,7 @@ def _solve(model, x0, p: dict, t_end: float, save_at, observables: dict, t0: flo
     "flow.phase_point",
     defaults={**_COMMON, "t_end": 30.0, "n_save": 61, "delta": 1e-3, "qkv": "identity"},
     dims={"t": ("t",), "P": ("t",), "collapsed": ("t",), "g_theory": ("t",)},
+    **_CHECKED,
 )
 def phase_point(p: dict, seed: int) -> dict:
     """P(t) = mean fraction of pairs i != j with <x_i, x_j> >= 1 - delta over ``batch`` uniform starts.
@@ -106,6 +136,7 @@ def _cluster_levels(x: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray
     "flow.trajectory",
     defaults={**_COMMON, "d": 2, "beta": 4.0, "method": "rk4", "batch": 8, "t_end": 60.0, "n_save": 301, "delta": 1e-3},
     dims={"t": ("t",), "clusters": ("t", "system"), "energy": ("t", "system"), "level": ("t", "system")},
+    **_CHECKED,
 )
 def trajectory(p: dict, seed: int) -> dict:
     """Cluster count, normalised energy (1/n^2) sum e^{beta(<x_i,x_j> - 1)} and its staircase level over time.
@@ -159,6 +190,7 @@ def _centre_ip(m1: int):
     defaults={**_COMMON, "d": 2, "beta": 4.0, "method": "rk4", "backend": "numpy", "batch": 4, "m1": 16, "m2": 16,
               "rho0": 0.5, "cap": 0.02, "level": 0.99, "n_save": 2001, "horizon": 3.0},
     dims={"merge_time": ("system",)},
+    **_CHECKED,
 )
 def two_caps(p: dict, seed: int) -> dict:
     """Merge time of two tight caps: first time the centres' inner product reaches ``level``.
@@ -189,6 +221,7 @@ def two_caps(p: dict, seed: int) -> dict:
     "flow.collapse",
     defaults={**_COMMON, "method": "rk4", "batch": 16, "t_max": 100.0, "n_save": 1001, "delta": 1e-3},
     dims={"collapse_time": ("system",)},
+    **_CHECKED,
 )
 def collapse(p: dict, seed: int) -> dict:
     """Time until every pair is within 1 - delta (P = 1), per system (NaN if beyond ``t_max``).
@@ -221,6 +254,7 @@ def collapse(p: dict, seed: int) -> dict:
     "flow.high_dim",
     defaults={**_COMMON, "d": 512, "method": "rk4", "dt": 0.05, "batch": 4, "t_end": 6.0, "n_save": 7, "bins": 80},
     dims={"t": ("t",), "hist": ("t", "bin"), "bin": ("bin",), "ip_mean": ("t",), "ip_std": ("t",), "g_theory": ("t",)},
+    **_CHECKED,
 )
 def high_dim(p: dict, seed: int) -> dict:
     """Histogram (density on [-1, 1]) of all pairwise inner products at saved times, vs the ODE g(t).
