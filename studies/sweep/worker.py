@@ -99,6 +99,8 @@ def init_worker(threads: int | None) -> None:
     the next one. The coordinator stops the workers itself (one shutdown path).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):  # started with SIGINT blocked (see executors._sigint_blocked)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     limit_threads(threads)
 
 
