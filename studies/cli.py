@@ -62,4 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # via the imported module: errors raised as studies.cli.UserError are then the class caught in main()
+    from studies.cli import main as _main
+
+    sys.exit(_main())
