@@ -65,10 +65,9 @@ def _stored_spec_and_out(args) -> tuple:
 
     path = Path(args.spec)
     if path.is_dir():
-        out = Path(args.out) if args.out else path
-        spec = spec_from_store(out)
+        spec = spec_from_store(path)
         if spec is not None:
-            return spec, out
+            return spec, Path(args.out) if args.out else path
         return _spec_and_out(args)
     try:
         task = tomllib.loads(path.read_text()).get("sweep", {}).get("task")

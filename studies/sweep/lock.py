@@ -77,6 +77,8 @@ class SweepLock:
                 raise SweepError(f"{self.path.parent} is locked by {_describe(holder)} (lock file {self.path}); "
                                  "wait for it to finish or stop it")
             self.took_over = holder  # its holder died without releasing it
+            if self.shared:
+                os.ftruncate(self._fd, 0)  # it names nobody now
         if not self.shared:
             text = json.dumps({"pid": os.getpid(), "host": hostname(), "started": utc_now(), "time": time.time()})
             os.ftruncate(self._fd, 0)
