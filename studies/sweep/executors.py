@@ -337,6 +337,10 @@ class DaskExecutor:
     threads_per_worker : BLAS/numba/torch threads per task (default 1).
     connect_timeout : seconds to wait for the scheduler at ``address`` (default 5);
         an unreachable one is a one-line :class:`ParameterError`.
+
+    The spec's per-task ``timeout`` is not enforced here: Dask runs tasks in
+    worker threads, which an alarm cannot stop and the coordinator cannot kill
+    (use the cluster's own limits, e.g. a jobqueue walltime).
     """
 
     name = "dask"
