@@ -29,7 +29,7 @@ from .signalprop import SignalPropParams
 from .sphere import *  # noqa: F403  (the sphere's __all__)
 from .sphere import flow_theory, theory
 
-# ``import particles.theory`` keeps working: the scalar predictions moved into the sphere family.
+# ``import particles.sphere.theory`` keeps working: the scalar predictions moved into the sphere family.
 _sys.modules.setdefault(__name__ + ".theory", theory)
 _sys.modules.setdefault(__name__ + ".flow_theory", flow_theory)
 

@@ -13,18 +13,27 @@ Examples::
     attnflow sweep run spec.toml --out /scratch/x --task-index 17       # one task (array jobs)
     attnflow sweep status runs/x
     attnflow sweep merge runs/x                                        # -> runs/x/<name>.h5
+
+Specs name registered tasks (``flow.phase_point``, ``cov.rho_law``, ...); a
+``task = "module:function"`` spec imports and runs that code, so ``run`` and
+``submit`` refuse it without ``--allow-code-tasks``. ``status`` and ``merge``
+never import a task module. A run holds a lock on its output directory; SIGINT
+or SIGTERM stop it within seconds (running tasks are recorded as interrupted,
+``--resume`` continues).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
+import sys
 from pathlib import Path
 
 __all__ = ["register"]
 
 
-def _spec_and_out(args) -> tuple:
+def _spec_and_out(args, allow_code_tasks: bool = False) -> tuple:
     from studies.sweep import default_out, load_spec
 
     path = Path(args.spec)
@@ -32,12 +41,47 @@ def _spec_and_out(args) -> tuple:
         spec_file = path / "spec.toml"
         if not spec_file.is_file():
             raise FileNotFoundError(f"{path} is a directory without spec.toml (not a sweep output directory)")
-        spec = load_spec(spec_file)
+        spec = load_spec(spec_file, allow_code_tasks=allow_code_tasks)
         out = Path(args.out) if args.out else path
     else:
-        spec = load_spec(path)
+        spec = load_spec(path, allow_code_tasks=allow_code_tasks)
         out = Path(args.out) if args.out else default_out(spec)
     return spec, out
+
+
+def _stored_spec_and_out(args) -> tuple:
+    """For status and merge: the spec as the store ran it (``spec.json``), importing no task module.
+
+    A spec file naming a registered task is read as before; one naming
+    ``module:function`` is replaced by the store's record of it.
+    """
+    import tomllib
+
+    from studies.sweep import default_out
+    from studies.sweep.spec import spec_from_store
+    from studies.sweep.tasks import is_code_task
+
+    from studies.errors import UserError
+
+    path = Path(args.spec)
+    if path.is_dir():
+        spec = spec_from_store(path)
+        if spec is not None:
+            return spec, Path(args.out) if args.out else path
+        return _spec_and_out(args)
+    try:
+        task = tomllib.loads(path.read_text()).get("sweep", {}).get("task")
+    except (OSError, tomllib.TOMLDecodeError):
+        task = None
+    if not is_code_task(task):
+        return _spec_and_out(args)
+    if not args.out:
+        raise UserError(f"{path} names the code task {task!r}: give the sweep's output directory (--out DIR, or DIR "
+                        "instead of the spec) so that its recorded spec is used and no module is imported")
+    spec = spec_from_store(args.out)
+    if spec is None:
+        raise UserError(f"{args.out} holds no spec.json (written when a sweep runs): nothing to report")
+    return spec, Path(args.out)
 
 
 def _executor(args):
@@ -62,19 +106,25 @@ def _executor(args):
 
 
 def _run(args) -> int:
-    from studies.sweep import merge_sweep, run_sweep
+    from studies.sweep import SweepInterrupted, merge_sweep, run_sweep
 
-    spec, out = _spec_and_out(args)
+    spec, out = _spec_and_out(args, allow_code_tasks=args.allow_code_tasks)
     executor = _executor(args)
     try:
         res = run_sweep(spec, out, executor=executor, resume=args.resume, retries=args.retries,
-                        task_index=args.task_index, task_count=args.task_count, progress=not args.no_progress)
+                        task_index=args.task_index, task_count=args.task_count, progress=not args.no_progress,
+                        yes=args.yes)
+    except SweepInterrupted as exc:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # more presses while exiting: no traceback
+        print(f"attnflow sweep: interrupted by {exc}: workers stopped, running tasks recorded as interrupted; "
+              f"`attnflow sweep run {out} --resume` continues", file=sys.stderr)
+        return 128 + exc.signum
     finally:
         executor.close()
     print(f"{spec.name}: {res.total} task(s): {res.skipped} already complete, {res.completed} completed, "
           f"{res.failed} failed in {res.wall_s:.1f} s -> {res.out}")
     if args.merge:
-        m = merge_sweep(spec, out)
+        m = merge_sweep(spec, out, allow_mixed=args.allow_mixed)
         print(f"merged -> {m.path} ({m.status})")
     return 0 if res.ok else 1
 
@@ -82,14 +132,15 @@ def _run(args) -> int:
 def _submit(args) -> int:
     from studies.sweep import submit_sbatch, write_sbatch
 
-    spec, out = _spec_and_out(args)
+    spec, out = _spec_and_out(args, allow_code_tasks=args.allow_code_tasks)
     if Path(args.spec).is_dir():
         spec_path = Path(args.spec) / "spec.toml"
     else:
         spec_path = Path(args.spec)
     script = write_sbatch(spec, spec_path, out, chunk=args.chunk, time=args.time, cpus_per_task=args.cpus_per_task,
                           mem=args.mem, partition=args.partition, account=args.account,
-                          max_parallel=args.max_parallel, extra=tuple(args.extra or ()))
+                          max_parallel=args.max_parallel, extra=tuple(args.extra or ()),
+                          allow_code_tasks=args.allow_code_tasks)
     print(f"wrote {script} ({spec.n_tasks} task(s))")
     if args.dry_run:
         return 0
@@ -101,8 +152,8 @@ def _submit(args) -> int:
 def _merge(args) -> int:
     from studies.sweep import merge_sweep
 
-    spec, out = _spec_and_out(args)
-    m = merge_sweep(spec, out, args.output)
+    spec, out = _stored_spec_and_out(args)
+    m = merge_sweep(spec, out, args.output, allow_mixed=args.allow_mixed)
     print(f"merged {m.complete}/{m.total} complete task(s) -> {m.path} ({m.status})")
     return 0
 
@@ -110,7 +161,7 @@ def _merge(args) -> int:
 def _status(args) -> int:
     from studies.sweep import format_status, sweep_status
 
-    spec, out = _spec_and_out(args)
+    spec, out = _stored_spec_and_out(args)
     st = sweep_status(spec, out)
     print(json.dumps(st.as_dict(), indent=1) if args.json else format_status(st))
     return 0
@@ -147,6 +198,10 @@ def register(subparsers) -> None:
     r.add_argument("--task-count", type=int, default=1, help="with --task-index: run tasks I .. I+K-1")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--merge", action="store_true", help="merge the shards when done")
+    r.add_argument("--allow-mixed", action="store_true", help="with --merge: as for `sweep merge --allow-mixed`")
+    r.add_argument("--yes", action="store_true", help="run even if the sweep has more than 100,000 tasks")
+    r.add_argument("--allow-code-tasks", action="store_true",
+                   help="allow a spec whose task is 'module:function' (imports and runs that code)")
     r.set_defaults(func=_run)
 
     s = sub.add_parser("submit", help="write a Slurm array script (and submit it with sbatch)")
@@ -160,11 +215,15 @@ def register(subparsers) -> None:
     s.add_argument("--chunk", type=int, default=1, help="tasks per array index (array size = ceil(tasks/chunk))")
     s.add_argument("--extra", action="append", help="extra line for the script, e.g. '#SBATCH --qos=long' (repeatable)")
     s.add_argument("--dry-run", action="store_true", help="write the script, do not call sbatch")
+    s.add_argument("--allow-code-tasks", action="store_true",
+                   help="allow a spec whose task is 'module:function' (passed on to the array jobs)")
     s.set_defaults(func=_submit)
 
     m = sub.add_parser("merge", help="gather the shards into one study file (xarray-readable)")
     common(m)
     m.add_argument("--output", help="study file (default OUT/NAME.h5)")
+    m.add_argument("--allow-mixed", action="store_true",
+                   help="merge shards written by different code versions (the mix is recorded in the file)")
     m.set_defaults(func=_merge)
 
     st = sub.add_parser("status", help="done / running / failed / missing tasks")

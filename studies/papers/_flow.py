@@ -18,7 +18,7 @@ import numpy as np
 
 from studies.sweep.worker import ProgressWriter
 
-__all__ = ["FLOW_DEFAULTS", "build_model", "random_qkv", "solve_checked"]
+__all__ = ["CHECKED", "FLOW_DEFAULTS", "build_model", "random_qkv", "solve_checked", "validate"]
 
 #: Parameters every flow task has, with their defaults.
 FLOW_DEFAULTS = {"n": 32, "d": 8, "beta": 1.0, "dt": 0.1, "method": "euler", "backend": "numba", "batch": 64, "normalization": "sa"}
@@ -44,6 +44,35 @@ def build_model(p: dict, rng: np.random.Generator):
     if p.get("qkv", "identity") != "identity":
         raise ValueError(f"qkv must be 'identity' or 'random', got {p['qkv']!r}")
     return SelfAttention(beta=p["beta"], normalization=p["normalization"])
+
+
+def validate(p: dict) -> None:
+    """What the task would reject when it runs, checked at spec time (once per distinct model).
+
+    Builds the model as the task does (random Q, K, V from a fixed seed: only
+    their shapes matter here) and checks the integration settings ``solve`` checks.
+    """
+    from integrators import BACKENDS
+    from integrators.registry import get_stepper
+    from integrators.validation import ParameterError, check_choice, check_positive, check_positive_int
+
+    check_positive("dt", p["dt"])
+    check_choice("backend", p["backend"], BACKENDS)
+    if get_stepper(p["method"]).kind != "ode":
+        raise ParameterError("method", f"{p['method']!r} is an SDE stepper but the flow has no noise")
+    for key in ("n", "d", "batch", "n_save"):
+        if key in p:
+            check_positive_int(key, p[key])
+    for key in ("t_end", "t_max"):
+        if key in p:
+            check_positive(key, p[key])
+    build_model(p, np.random.default_rng(0))
+
+
+#: spec-time validation of every flow task; the parameters it depends on
+CHECKED = {"validate": validate,
+           "validate_keys": ("dt", "backend", "method", "n", "d", "batch", "n_save", "t_end", "t_max", "beta",
+                             "normalization", "qkv")}
 
 
 def solve_checked(model, x0, p: dict, t_end: float, save_at, observables: dict, t0: float = 0.0, save_states: bool = False,

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from particles.sphere.flow_theory import equiangular_hitting_time
-from studies.papers._flow import FLOW_DEFAULTS, build_model, solve_checked
+from studies.papers._flow import CHECKED, FLOW_DEFAULTS, build_model, solve_checked
 from studies.papers.common import study_main, study_spec, sweep_and_merge
 from studies.sweep import load_study
 from studies.sweep.tasks import register_task
@@ -92,6 +92,7 @@ def plot(study_file: Path, figure: Path) -> Path:
     "flow.collapse",
     defaults={**FLOW_DEFAULTS, "method": "rk4", "batch": 16, "t_max": 100.0, "n_save": 1001, "delta": 1e-3},
     dims={"collapse_time": ("system",)},
+    **CHECKED,
 )
 def collapse(p: dict, seed: int) -> dict:
     """Time until every pair is within 1 - delta (P = 1), per system (NaN if beyond ``t_max``).

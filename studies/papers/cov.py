@@ -297,6 +297,7 @@ def _rho12(V: np.ndarray) -> np.ndarray:
 @register_task(
     "cov.rho_law",
     defaults=_DEFAULTS,
+    validate=_check,  # also at spec time: every distinct (n, T, dt, ...) before any task runs
 )
 def rho_law(p: dict, seed: int) -> dict:
     """KS distance and moments of rho^{12}_T and V^{11}_T: exact finite-width chain vs block SDE.

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from particles.sphere.flow_theory import equiangular_solution
-from studies.papers._flow import FLOW_DEFAULTS, build_model, solve_checked
+from studies.papers._flow import CHECKED, FLOW_DEFAULTS, build_model, solve_checked
 from studies.papers.common import study_main, study_spec, sweep_and_merge
 from studies.sweep import load_study
 from studies.sweep.tasks import register_task
@@ -115,6 +115,7 @@ def plot(study_file: Path, figure: Path) -> Path:
     "flow.high_dim",
     defaults={**FLOW_DEFAULTS, "d": 512, "method": "rk4", "dt": 0.05, "batch": 4, "t_end": 6.0, "n_save": 7, "bins": 80},
     dims={"t": ("t",), "hist": ("t", "bin"), "bin": ("bin",), "ip_mean": ("t",), "ip_std": ("t",), "g_theory": ("t",)},
+    **CHECKED,
 )
 def high_dim(p: dict, seed: int) -> dict:
     """Histogram (density on [-1, 1]) of all pairwise inner products at saved times, vs the ODE g(t).

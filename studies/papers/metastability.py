@@ -31,7 +31,7 @@ import h5py
 import numpy as np
 
 from particles.sphere.flow_theory import two_cluster_merge_time
-from studies.papers._flow import FLOW_DEFAULTS, build_model, solve_checked
+from studies.papers._flow import CHECKED, FLOW_DEFAULTS, build_model, solve_checked
 from studies.papers.common import study_main, study_spec, sweep_and_merge
 from studies.sweep import load_study
 from studies.sweep.tasks import register_task
@@ -177,6 +177,7 @@ def _cluster_levels(x: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray
     "flow.trajectory",
     defaults={**FLOW_DEFAULTS, "d": 2, "beta": 4.0, "method": "rk4", "batch": 8, "t_end": 60.0, "n_save": 301, "delta": 1e-3},
     dims={"t": ("t",), "clusters": ("t", "system"), "energy": ("t", "system"), "level": ("t", "system")},
+    **CHECKED,
 )
 def trajectory(p: dict, seed: int) -> dict:
     """Cluster count, normalised energy (1/n^2) sum e^{beta(<x_i,x_j> - 1)} and its staircase level over time.
@@ -230,6 +231,7 @@ def _centre_ip(m1: int):
     defaults={**FLOW_DEFAULTS, "d": 2, "beta": 4.0, "method": "rk4", "backend": "numpy", "batch": 4, "m1": 16, "m2": 16,
               "rho0": 0.5, "cap": 0.02, "level": 0.99, "n_save": 2001, "horizon": 3.0},
     dims={"merge_time": ("system",)},
+    **CHECKED,
 )
 def two_caps(p: dict, seed: int) -> dict:
     """Merge time of two tight caps: first time the centres' inner product reaches ``level``.

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from particles.sphere.flow_theory import equiangular_hitting_time, equiangular_solution
-from studies.papers._flow import FLOW_DEFAULTS, build_model, solve_checked
+from studies.papers._flow import CHECKED, FLOW_DEFAULTS, build_model, solve_checked
 from studies.papers.common import study_main, study_spec, sweep_and_merge
 from studies.sweep import load_study
 from studies.sweep.tasks import register_task
@@ -116,6 +116,7 @@ def plot(study_file: Path, figure: Path) -> Path:
     "flow.phase_point",
     defaults={**FLOW_DEFAULTS, "t_end": 30.0, "n_save": 61, "delta": 1e-3, "qkv": "identity"},
     dims={"t": ("t",), "P": ("t",), "collapsed": ("t",), "g_theory": ("t",)},
+    **CHECKED,
 )
 def phase_point(p: dict, seed: int) -> dict:
     """P(t) = mean fraction of pairs i != j with <x_i, x_j> >= 1 - delta over ``batch`` uniform starts.

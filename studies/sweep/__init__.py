@@ -16,10 +16,11 @@ or as Slurm array jobs (:func:`write_sbatch` + ``attnflow sweep run --task-index
 from .executors import EXECUTORS, JOBQUEUE_CLUSTERS, DaskExecutor, LocalExecutor, SerialExecutor, jobqueue_cluster
 from .merge import STATUS_CODES, MergeResult, load_study, merge_sweep
 from .plan import Task, canonical_json, plan_tasks, task_id, task_seed
-from .runner import SweepError, SweepResult, default_out, run_sweep, select_tasks
+from .lock import SweepLock
+from .runner import LARGE_SWEEP, SweepError, SweepInterrupted, SweepResult, default_out, run_sweep, select_tasks
 from .shards import Shard, Store, read_shard, write_shard
 from .slurm import sbatch_script, submit_sbatch, write_sbatch
-from .spec import Axis, SweepSpec, load_spec, parse_spec
+from .spec import Axis, SweepSpec, load_spec, parse_spec, spec_from_store
 from .toml_writer import to_toml
 from .status import SweepStatus, format_status, sweep_status
 from .worker import ProgressWriter, TaskOutcome, TaskRun, execute_task, report_progress
@@ -29,6 +30,7 @@ __all__ = [
     "Axis",
     "load_spec",
     "parse_spec",
+    "spec_from_store",
     "to_toml",
     "Task",
     "plan_tasks",
@@ -38,6 +40,9 @@ __all__ = [
     "run_sweep",
     "SweepResult",
     "SweepError",
+    "SweepInterrupted",
+    "SweepLock",
+    "LARGE_SWEEP",
     "default_out",
     "select_tasks",
     "LocalExecutor",

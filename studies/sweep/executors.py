@@ -12,6 +12,15 @@
 Every executor yields outcomes in completion order; task exceptions are handled
 in the worker (:func:`~studies.sweep.worker.execute_task`); a lost worker is
 recorded as a failed task after ``retries + 1`` losses, and the rest goes on.
+
+Stopping: when the generator returned by ``run`` is closed or an exception
+(Ctrl-C, SIGTERM turned into :class:`~studies.sweep.runner.SweepInterrupted`)
+passes through it, the local pool cancels its queued tasks, kills its worker
+processes (and their children), records the tasks they were running as
+``interrupted`` and shuts the pool down without waiting for running tasks.
+The local pool also enforces ``TaskRun.timeout``: a worker still on one task
+``timeout + 1`` s after it started (the worker's own alarm did not stop it) is
+killed and the task recorded as failed (timeout).
 """
 
 from __future__ import annotations
@@ -20,9 +29,11 @@ import contextlib
 import multiprocessing as mp
 import os
 import signal
+import threading
+import time
 import traceback
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Iterator
@@ -30,7 +41,8 @@ from typing import Iterator
 from integrators.validation import ParameterError, check_choice, check_positive_int
 
 from .shards import Store, pid_alive, read_shard
-from .worker import THREAD_VARS, TaskOutcome, TaskRun, execute_task, limit_threads, record_failure
+from .worker import (THREAD_VARS, TaskOutcome, TaskRun, execute_task, init_worker, record_failure, record_interrupted,
+                     timeout_message)
 
 __all__ = ["SerialExecutor", "LocalExecutor", "DaskExecutor", "jobqueue_cluster", "JOBQUEUE_CLUSTERS", "EXECUTORS"]
 
@@ -63,7 +75,12 @@ class SerialExecutor:
 
     def run(self, runs: list[TaskRun]) -> Iterator[TaskOutcome]:
         for r in _with_threads(runs, self.threads):
-            yield execute_task(r)
+            try:
+                out = execute_task(r)
+            except BaseException as exc:  # Ctrl-C, SIGTERM inside the task
+                record_interrupted(r, _reason(exc))
+                raise
+            yield out
 
     def close(self) -> None:
         pass
@@ -112,20 +129,23 @@ class LocalExecutor:
         while pending:
             pool = procs = None
             broken = finished = False
+            before = (len(pending), sum(losses.values()))
+            size = min(self.workers, len(pending))
+            queued = deque(pending.values())
+            inflight: dict = {}  # future -> TaskRun; at most 2 per worker, so stopping cancels the rest at once
+            started: dict[str, float] = {}  # task id -> when a worker was first seen running it
             try:
-                with _thread_env(self.threads):
-                    pool = ProcessPoolExecutor(
-                        max_workers=min(self.workers, len(pending)),
-                        mp_context=mp.get_context(self.start_method),
-                        initializer=limit_threads,
-                        initargs=(self.threads,),
-                    )
-                    futures = {pool.submit(execute_task, r): r for r in pending.values()}
-                not_done = set(futures)
-                while not_done and not broken:
-                    done, not_done = wait(not_done, return_when=FIRST_COMPLETED)
+                with _thread_env(self.threads), _sigint_blocked():
+                    pool = ProcessPoolExecutor(max_workers=size, mp_context=mp.get_context(self.start_method),
+                                               initializer=init_worker, initargs=(self.threads,))
+                while (queued or inflight) and not broken:
+                    while queued and len(inflight) < 2 * size:
+                        r = queued.popleft()
+                        with _sigint_blocked():  # submit may spawn a worker: it must not start with Ctrl-C live
+                            inflight[pool.submit(execute_task, r)] = r
+                    done, _ = wait(inflight, timeout=_POLL_S, return_when=FIRST_COMPLETED)
                     for fut in done:
-                        r = futures[fut]
+                        r = inflight.pop(fut)
                         try:
                             out = fut.result()
                         except BrokenProcessPool:
@@ -134,22 +154,44 @@ class LocalExecutor:
                             continue
                         except Exception as exc:  # e.g. a result that cannot be unpickled
                             out = record_failure(r, f"{type(exc).__name__}: {exc}", traceback.format_exc())
-                        pending.pop(r.task_id, None)
-                        yield out
+                        if pending.pop(r.task_id, None) is not None:  # not already recorded (timed out)
+                            yield out
+                    if not broken:
+                        for out in self._kill_overdue(pool, inflight, started, pending):
+                            yield out
                 finished = True
             finally:
-                # interrupted (Ctrl-C, generator closed): do not wait for running tasks; a broken
-                # pool terminates its workers itself, and waiting makes their exit codes final
                 if pool is not None:
-                    pool.shutdown(wait=finished, cancel_futures=True)
+                    if finished or broken:
+                        # a broken pool terminates its workers itself, and waiting makes their exit codes final
+                        pool.shutdown(wait=finished, cancel_futures=True)
+                    else:  # stopped (Ctrl-C, SIGTERM, the generator closed, an error): do not wait for tasks
+                        _stop_pool(pool, inflight, pending)
             if broken:
-                before = (len(pending), sum(losses.values()))
                 yield from self._after_crash(pending, losses, _culprits(procs))
                 fruitless = fruitless + 1 if (len(pending), sum(losses.values())) == before else 0
                 if fruitless >= 3:
                     for r in list(pending.values()):
                         pending.pop(r.task_id)
                         yield record_failure(r, "the worker pool crashed 3 times without running a task (see the logs)")
+
+    @staticmethod
+    def _kill_overdue(pool, inflight: dict, started: dict[str, float], pending: dict[str, TaskRun]) -> Iterator[TaskOutcome]:
+        """Kill the worker of any task past its timeout (plus a grace for the worker's own alarm); record it failed."""
+        workers = set((getattr(pool, "_processes", None) or {}).keys())
+        now = time.monotonic()
+        for r in list(inflight.values()):
+            if r.timeout is None or r.task_id not in pending:
+                continue
+            info = Store(r.out).running_info(r.task_id)
+            pid = int(info.get("pid", -1)) if info is not None else -1
+            if pid not in workers:
+                continue  # not started yet (or its marker could not be written)
+            t0 = started.setdefault(r.task_id, now)
+            if now - t0 > r.timeout + _KILL_GRACE_S:
+                _kill_tree(pid, signal.SIGKILL)
+                pending.pop(r.task_id)
+                yield record_failure(r, timeout_message(r.timeout) + f"; worker {pid} killed")
 
     @staticmethod
     def _after_crash(pending: dict[str, TaskRun], losses: Counter, culprits: set[int] | None) -> Iterator[TaskOutcome]:
@@ -184,6 +226,85 @@ class LocalExecutor:
         pass
 
 
+_POLL_S = 0.2  # how often the pool checks timeouts while waiting for results
+_KILL_GRACE_S = 1.0  # after a task's timeout, the worker's own alarm has this long to stop it
+_STOP_WAIT_S = 2.0  # how long a stopping pool waits for killed workers to be reaped
+
+
+@contextlib.contextmanager
+def _sigint_blocked():
+    """Block SIGINT in this thread: processes started inside inherit the mask, so a Ctrl-C during
+    their start-up does not print a traceback from them; the signal is not lost here (it stays pending)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _children(pid: int) -> list[int]:
+    """Child processes of ``pid`` (Linux /proc; empty elsewhere)."""
+    kids: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as fh:
+                kids += [int(c) for c in fh.read().split()]
+    except (OSError, ValueError):
+        pass
+    return kids
+
+
+def _kill_tree(pid: int, sig: int) -> None:
+    """Send ``sig`` to ``pid`` and all its descendants (children first collected, so none is orphaned unseen)."""
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += _children(p)
+    for p in tree:
+        try:
+            os.kill(p, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, GeneratorExit):
+        return "the sweep stopped before the task finished"
+    if type(exc) is KeyboardInterrupt:
+        return "SIGINT (Ctrl-C)"
+    return str(exc) or type(exc).__name__
+
+
+def _stop_pool(pool, inflight: dict, pending: dict[str, TaskRun]) -> None:
+    """Stop a pool now: cancel queued tasks, kill the workers and their children, record running tasks as interrupted.
+
+    Called from the ``finally`` of :meth:`LocalExecutor.run`, i.e. also while a
+    signal is being handled; a second signal during it is ignored by the runner.
+    """
+    procs = dict(getattr(pool, "_processes", None) or {})
+    for fut in inflight:
+        fut.cancel()
+    for pid in procs:
+        _kill_tree(pid, signal.SIGKILL)  # a task has nothing to save: its shard is written atomically or not at all
+    pool.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + _STOP_WAIT_S
+    for proc in procs.values():
+        proc.join(max(0.0, deadline - time.monotonic()))
+    manager = getattr(pool, "_executor_manager_thread", None)
+    if manager is not None:
+        manager.join(max(0.0, deadline - time.monotonic()))
+    for r in inflight.values():
+        if r.task_id not in pending:
+            continue
+        info = Store(r.out).running_info(r.task_id)
+        if info is not None and int(info.get("pid", -1)) in procs:
+            record_interrupted(r, "the sweep was stopped (SIGINT, SIGTERM or an error) while the task ran")
+
+
 def _culprits(procs: dict | None) -> set[int] | None:
     """Pids of pool workers that died on their own (not terminated by the broken pool)."""
     if not procs:
@@ -214,12 +335,18 @@ class DaskExecutor:
     workers : with none of the above, start a LocalCluster with this many worker
         processes (default: the number of CPUs).
     threads_per_worker : BLAS/numba/torch threads per task (default 1).
+    connect_timeout : seconds to wait for the scheduler at ``address`` (default 5);
+        an unreachable one is a one-line :class:`ParameterError`.
+
+    The spec's per-task ``timeout`` is not enforced here: Dask runs tasks in
+    worker threads, which an alarm cannot stop and the coordinator cannot kill
+    (use the cluster's own limits, e.g. a jobqueue walltime).
     """
 
     name = "dask"
 
     def __init__(self, client=None, *, address: str | None = None, cluster=None, workers: int | None = None,
-                 threads_per_worker: int = 1):
+                 threads_per_worker: int = 1, connect_timeout: float = 5.0):
         dd = _distributed()
         given = sum(x is not None for x in (client, address, cluster))
         if given > 1:
@@ -228,7 +355,11 @@ class DaskExecutor:
         self._owned = []
         if client is None:
             if address is not None:
-                client = dd.Client(address)
+                try:
+                    client = dd.Client(address, timeout=connect_timeout)
+                except (OSError, TimeoutError) as exc:  # refused, unknown host, no answer
+                    raise ParameterError("scheduler", f"cannot reach the Dask scheduler at {address} within "
+                                                      f"{connect_timeout:g} s ({type(exc).__name__}: {exc})") from None
             elif cluster is not None:
                 client = dd.Client(cluster)
             else:

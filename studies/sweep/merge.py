@@ -10,8 +10,13 @@ is one dimension with one coordinate per parameter), ``seed`` is the replicate
 index. Per task: ``task_id``, ``task_seed``, ``task_status`` (0 missing,
 1 complete, 2 failed), ``task_error``, ``task_attempts``, ``task_compute_s``.
 Entries of missing or failed tasks are NaN (integer and bool measurements
-are then stored as float64). Root attributes follow MODELS.md section 4.
-The file is written to a temporary name and renamed.
+are then stored as float64); interrupted tasks count as missing. Root
+attributes follow MODELS.md section 4; ``shards_code_version`` is the code
+version (package version and git commit) that wrote the shards. Shards from
+different code versions are refused unless ``allow_mixed``, which records the
+mix (``mixed_code_versions``: version -> number of shards).
+The file is written to a temporary name and renamed. The task's module is
+never imported (its declared axes come from the spec).
 """
 
 from __future__ import annotations
@@ -24,11 +29,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .plan import plan_tasks
-from .provenance import provenance
-from .runner import SweepError, default_out, spec_summary
-from .shards import Store, _fsync_dir, _tmp_name, read_shard
-from .spec import SweepSpec
+from studies.sweep.plan import plan_tasks
+from studies.sweep.provenance import provenance
+from studies.sweep.runner import SweepError, default_out, spec_summary
+from studies.sweep.shards import Store, _fsync_dir, _tmp_name, read_shard
+from studies.sweep.spec import SweepSpec
 
 __all__ = ["merge_sweep", "MergeResult", "load_study", "STATUS_CODES"]
 
@@ -73,9 +78,18 @@ def _attach(ds: h5py.Dataset, dims: list[str], scales: dict[str, h5py.Dataset]) 
         ds.dims[i].attach_scale(scales[d])
 
 
-def merge_sweep(spec: SweepSpec, out: str | Path | None = None, output: str | Path | None = None) -> MergeResult:
-    """Merge the shards under ``out`` into ``output`` (default ``OUT/<name>.h5``)."""
-    from studies.sweep.tasks import get_task
+def _code_version(attrs: dict) -> str:
+    return f"{attrs.get('package_version', 'unknown')} {attrs.get('git_commit', 'unknown')}"
+
+
+def merge_sweep(spec: SweepSpec, out: str | Path | None = None, output: str | Path | None = None, *,
+                allow_mixed: bool = False) -> MergeResult:
+    """Merge the shards under ``out`` into ``output`` (default ``OUT/<name>.h5``).
+
+    Raises :class:`SweepError` if the complete shards were written by different
+    code versions (package version, git commit) and ``allow_mixed`` is not set.
+    """
+    from studies.sweep.tasks import get_task, is_code_task
 
     store = Store(out if out is not None else default_out(spec))
     if not (store.root / "shards").is_dir():
@@ -89,12 +103,17 @@ def merge_sweep(spec: SweepSpec, out: str | Path | None = None, output: str | Pa
     attempts = np.zeros(grid_shape, dtype=np.int64)
     compute = np.full(grid_shape, np.nan)
     data: dict[tuple, dict[str, np.ndarray]] = {}
+    versions: dict[str, int] = {}
+    have = store.shard_ids()
     for t in tasks:
         pos = t.point + (t.replicate,)
         ids[pos], seeds[pos] = t.task_id, t.seed
-        shard = read_shard(store.shard_path(t.task_id))
+        shard = read_shard(store.shard_path(t.task_id)) if t.task_id in have else None
         if shard is None or shard.attrs.get("task_id") != t.task_id or int(shard.attrs.get("seed", -1)) != t.seed:
             errors[pos] = "missing"
+            continue
+        if shard.status == "interrupted":
+            errors[pos] = "interrupted"
             continue
         status[pos] = STATUS_CODES["complete"] if shard.status == "complete" else STATUS_CODES["failed"]
         errors[pos] = str(shard.attrs.get("error", ""))
@@ -102,8 +121,14 @@ def merge_sweep(spec: SweepSpec, out: str | Path | None = None, output: str | Pa
         compute[pos] = float(shard.attrs.get("compute_s", np.nan))
         if shard.status == "complete":
             data[pos] = shard.measurements or {}
+            v = _code_version(shard.attrs)
+            versions[v] = versions.get(v, 0) + 1
+    if len(versions) > 1 and not allow_mixed:
+        listed = ", ".join(f"{v} ({n} shard(s))" for v, n in sorted(versions.items(), key=lambda kv: -kv[1]))
+        raise SweepError(f"the shards of {store.root} were written by {len(versions)} code versions: {listed}; "
+                         "re-run the sweep with one version, or pass --allow-mixed (allow_mixed=True) to merge them anyway")
 
-    declared = get_task(spec.task).dims
+    declared = dict(spec.dims) if spec.dims or is_code_task(spec.task) else get_task(spec.task).dims
     meas_dims, dim_size, coords = _layout(data, declared)
     reserved = {a.name for a in spec.axes} | {p for a in spec.axes for p in a.coords} | {"seed"}
     reserved |= {d for d in dim_size if d not in meas_dims or d in coords}
@@ -131,7 +156,10 @@ def merge_sweep(spec: SweepSpec, out: str | Path | None = None, output: str | Pa
                 "n_missing": counts.missing,
                 "spec_toml": spec.text or "",
                 **provenance(),
+                "shards_code_version": next(iter(versions)) if len(versions) == 1 else ("mixed" if versions else ""),
             }
+            if len(versions) > 1:
+                attrs["mixed_code_versions"] = json.dumps(versions)
             for k, v in attrs.items():
                 f.attrs[k] = v
             scales: dict[str, h5py.Dataset] = {}

@@ -56,10 +56,16 @@ class Task:
     params: dict[str, Any]
 
 
-def plan_tasks(spec: SweepSpec) -> list[Task]:
-    """All tasks of ``spec`` in their stable order."""
+def plan_tasks(spec: SweepSpec, progress: bool = False) -> list[Task]:
+    """All tasks of ``spec`` in their stable order (``progress``: a bar, for grids large enough to take a while)."""
+    from tqdm.auto import tqdm
+
     tasks: list[Task] = []
-    for idx, values in spec.points():
+    points = spec.points()
+    if progress and spec.n_tasks >= 10_000:  # about 25 us per task
+        points = tqdm(points, total=spec.n_points, unit="point", desc=f"{spec.name}: planning", leave=False,
+                      dynamic_ncols=True)
+    for idx, values in points:
         params = {**spec.params, **values}
         for r in range(spec.seeds):
             tid = task_id(spec.task, params, r)

@@ -165,6 +165,26 @@ class Store:
         except FileNotFoundError:
             pass
 
+    def shard_ids(self) -> set[str]:
+        """Ids of the tasks that have a shard file, from one listing per shard directory (no stat per task)."""
+        ids: set[str] = set()
+        try:
+            subdirs = [e.path for e in os.scandir(self.root / "shards") if e.is_dir()]
+        except FileNotFoundError:
+            return ids
+        for d in subdirs:
+            with os.scandir(d) as it:
+                ids.update(e.name[:-3] for e in it if e.name.endswith(".h5") and not e.name.startswith("."))
+        return ids
+
+    def running_ids(self) -> set[str]:
+        """Ids of the tasks that have a running marker."""
+        try:
+            with os.scandir(self.root / "running") as it:
+                return {e.name[:-5] for e in it if e.name.endswith(".json") and not e.name.startswith(".")}
+        except FileNotFoundError:
+            return set()
+
     def running_info(self, tid: str) -> dict[str, Any] | None:
         try:
             return json.loads(self.marker_path(tid).read_text())

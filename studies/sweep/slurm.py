@@ -57,6 +57,7 @@ def sbatch_script(
     account: str | None = None,
     max_parallel: int | None = None,
     extra: tuple[str, ...] = (),
+    allow_code_tasks: bool = False,
 ) -> str:
     """Text of an sbatch array script for ``n_tasks`` tasks (array size ``ceil(n_tasks / chunk)``).
 
@@ -99,7 +100,7 @@ def sbatch_script(
         'MKL_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}" NUMBA_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"',
         f"cd {shlex.quote(str(Path.cwd()))}",
         f"exec {cmd} sweep run {shlex.quote(str(spec_path))} --out {shlex.quote(str(out))} "
-        f"--task-index {index} --resume --no-progress",
+        f"--task-index {index} --resume --no-progress" + (" --allow-code-tasks" if allow_code_tasks else ""),
         "",
     ]
     return "\n".join(lines)

@@ -8,6 +8,7 @@ A spec has three tables::
     root_seed = 20231218        # required: int >= 0; every task seed derives from it
     seeds = 4                   # replicates per grid point (default 1): the "seed" dimension
     retries = 1                 # extra attempts after a failure (default 0)
+    timeout = 600               # seconds per task attempt (default: none); then the task is failed (timeout)
     description = "..."         # optional
     out = "runs/phase"          # optional default output directory
 
@@ -25,13 +26,21 @@ A spec has three tables::
     t_end = [10.0, 20.0, 40.0]
 
 Every error is a :class:`~integrators.validation.ParameterError` naming the key
-(``sweep.seeds``, ``grid.beta``, ``grid.zip.size.t_end``, ...).
+(``sweep.seeds``, ``grid.beta``, ``grid.zip.size.t_end``, ...). Tasks that
+declare a ``validate`` (see :mod:`studies.sweep.tasks`) also have every distinct model
+of the grid checked here, so ``dt = -0.1`` fails before any task runs.
+
+``task`` is a registered name; a ``"module:function"`` task is refused unless
+``allow_code_tasks`` is given. :func:`spec_from_store` rebuilds the spec a store
+was run with from its ``spec.json`` without importing any task module (for
+``sweep status`` and ``sweep merge``).
 """
 
 from __future__ import annotations
 
 import difflib
 import itertools
+import json
 import math
 import re
 import tomllib
@@ -43,12 +52,12 @@ import numpy as np
 
 from integrators.validation import ParameterError
 
-from .toml_writer import to_toml
+from studies.sweep.toml_writer import to_toml
 
-__all__ = ["Axis", "SweepSpec", "load_spec", "parse_spec", "to_toml"]
+__all__ = ["Axis", "SweepSpec", "load_spec", "parse_spec", "spec_from_store", "to_toml"]
 
 _TOP = ("sweep", "params", "grid")
-_SWEEP_KEYS = ("name", "task", "root_seed", "seeds", "retries", "description", "out")
+_SWEEP_KEYS = ("name", "task", "root_seed", "seeds", "retries", "description", "out", "timeout")
 _RANGE_KEYS = ("start", "stop", "num", "step", "scale")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -83,6 +92,8 @@ class SweepSpec:
     axes: tuple[Axis, ...]
     source: str | None = None
     text: str | None = None
+    timeout: float | None = None  # seconds per task attempt; None: no limit
+    dims: tuple[tuple[str, tuple[str, ...]], ...] = ()  # the task's declared measurement axes (for merge)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -236,8 +247,43 @@ def _int(label: str, v, minimum: int, default=None) -> int:
     return v
 
 
-def parse_spec(data: dict, source: str | None = None, text: str | None = None) -> SweepSpec:
-    """Validate a parsed TOML document and build the :class:`SweepSpec`."""
+def _validate_models(task, fixed: dict, axes: list[Axis], where: dict[str, str]) -> None:
+    """Call ``task.validate`` once per distinct combination of the values it depends on.
+
+    An error is re-raised naming the spec key (``grid.dt``, ``params.backend``)
+    and the grid point, so the user fixes the spec before any task runs.
+    """
+    if task.validate is None:
+        return
+    keys = task.validate_keys
+    relevant = [a for a in axes if keys is None or any(p in keys for p in a.coords)]
+    base = dict(fixed)
+    for a in axes:  # parameters the validation does not depend on: any value will do
+        for p, vals in a.coords.items():
+            base[p] = vals[0]
+    for idx in itertools.product(*(range(a.size) for a in relevant)):
+        params = dict(base)
+        point = {}
+        for a, i in zip(relevant, idx):
+            for p, vals in a.coords.items():
+                params[p] = point[p] = vals[i]
+        try:
+            task.validate(params)
+        except ParameterError as exc:
+            message = str(exc).split(": ", 1)[-1]
+            at = f" (at {point})" if point and exc.parameter not in point else ""
+            raise ParameterError(where.get(exc.parameter, exc.parameter), message + at) from None
+        except (ValueError, TypeError) as exc:
+            raise ParameterError("params", f"task {task.name!r} rejects the parameters {point or fixed}: {exc}") from None
+
+
+def parse_spec(data: dict, source: str | None = None, text: str | None = None, *,
+               allow_code_tasks: bool = False) -> SweepSpec:
+    """Validate a parsed TOML document and build the :class:`SweepSpec`.
+
+    ``allow_code_tasks``: accept ``task = "module:function"`` (imports that
+    module); without it only registered tasks are accepted.
+    """
     from studies.sweep.tasks import get_task
 
     if not isinstance(data, dict):
@@ -253,7 +299,7 @@ def parse_spec(data: dict, source: str | None = None, text: str | None = None) -
     task_name = sweep.get("task")
     if not isinstance(task_name, str):
         raise ParameterError("sweep.task", f"required: a registered task name, got {task_name!r}")
-    task = get_task(task_name)
+    task = get_task(task_name, allow_code=allow_code_tasks)
     root_seed = _int("sweep.root_seed", sweep.get("root_seed"), 0)
     seeds = _int("sweep.seeds", sweep.get("seeds"), 1, default=1)
     retries = _int("sweep.retries", sweep.get("retries"), 0, default=0)
@@ -263,6 +309,11 @@ def parse_spec(data: dict, source: str | None = None, text: str | None = None) -
     out = sweep.get("out")
     if out is not None and (not isinstance(out, str) or not out):
         raise ParameterError("sweep.out", "expected a directory path")
+    timeout = sweep.get("timeout")
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout <= 0:
+            raise ParameterError("sweep.timeout", f"expected a number of seconds > 0, got {timeout!r}")
+        timeout = float(timeout)
 
     params = data.get("params", {})
     if not isinstance(params, dict):
@@ -293,12 +344,39 @@ def parse_spec(data: dict, source: str | None = None, text: str | None = None) -
         for p, vals in coords.items():
             new[p] = tuple(task.check_params({p: v}, labels)[p] for v in vals)
         axes.append(Axis(dim, new, zipped))
+    _validate_models(task, fixed, axes, where)
     text = text if text is not None else to_toml(data)  # saved with the shards, so the store is self-describing
-    return SweepSpec(name, task_name, root_seed, seeds, retries, description, out, fixed, tuple(axes), source, text)
+    dims = tuple((k, tuple(v)) for k, v in sorted(task.dims.items()))
+    return SweepSpec(name, task_name, root_seed, seeds, retries, description, out, fixed, tuple(axes), source, text,
+                     timeout, dims)
 
 
-def load_spec(path: str | Path) -> SweepSpec:
-    """Read and validate a TOML sweep spec."""
+def spec_from_store(root: str | Path) -> SweepSpec | None:
+    """The spec a sweep store was last run with (``ROOT/spec.json``), or None if there is none.
+
+    ``spec.json`` holds the checked parameters and grid (task defaults merged,
+    types converted), so the task ids are those of the run; nothing is imported,
+    which lets ``status`` and ``merge`` read a store whose task module is
+    unknown or untrusted.
+    """
+    root = Path(root)
+    try:
+        summary = json.loads((root / "spec.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if not isinstance(summary, dict) or "grid" not in summary or "task" not in summary:
+        return None
+    axes = tuple(Axis(g["dim"], {k: tuple(v) for k, v in g["coords"].items()}, bool(g["zipped"])) for g in summary["grid"])
+    text_path = root / "spec.toml"
+    text = text_path.read_text() if text_path.is_file() else None
+    dims = tuple((k, tuple(v)) for k, v in sorted((summary.get("dims") or {}).items()))
+    return SweepSpec(summary["name"], summary["task"], int(summary["root_seed"]), int(summary["seeds"]),
+                     int(summary.get("retries", 0)), summary.get("description", ""), None, dict(summary["params"]), axes,
+                     str(root / "spec.json"), text, summary.get("timeout"), dims)
+
+
+def load_spec(path: str | Path, *, allow_code_tasks: bool = False) -> SweepSpec:
+    """Read and validate a TOML sweep spec (``allow_code_tasks``: see :func:`parse_spec`)."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"no such spec file: {p}")
@@ -307,4 +385,4 @@ def load_spec(path: str | Path) -> SweepSpec:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ParameterError("spec", f"{p} is not valid TOML ({exc})") from None
-    return parse_spec(data, source=str(p.resolve()), text=text)
+    return parse_spec(data, source=str(p.resolve()), text=text, allow_code_tasks=allow_code_tasks)

@@ -3,8 +3,12 @@
 * done: a complete shard for the task id and seed;
 * failed: a failed shard (its error is listed) and no live run of the task;
 * running: a running marker from a live process (on another host: assumed live);
-* missing: no shard; "interrupted" counts those whose marker belongs to a dead
-  process of this host (a killed run: ``--resume`` re-runs them).
+* missing: no complete or failed shard; "interrupted" counts those whose marker
+  belongs to a dead process of this host (a killed run) or whose shard says
+  ``interrupted`` (a stopped run): ``--resume`` re-runs them.
+
+Nothing is imported from the task's module: the spec comes from the store's
+``spec.json`` (:func:`~studies.sweep.spec.spec_from_store`) when given a store.
 """
 
 from __future__ import annotations
@@ -46,26 +50,27 @@ def sweep_status(spec: SweepSpec, out: str | Path | None = None) -> SweepStatus:
         raise FileNotFoundError(f"no sweep store at {store.root}")
     st = SweepStatus(store.root)
     host = hostname()
+    have, marked = store.shard_ids(), store.running_ids()  # one listing each, not a stat per task
     for t in plan_tasks(spec):
         st.total += 1
-        shard = read_shard(store.shard_path(t.task_id), measurements=False)
+        shard = read_shard(store.shard_path(t.task_id), measurements=False) if t.task_id in have else None
         valid = shard is not None and shard.attrs.get("task_id") == t.task_id and int(shard.attrs.get("seed", -1)) == t.seed
         if valid and shard.status == "complete":
             st.done += 1
             continue
-        info = store.running_info(t.task_id)
+        info = store.running_info(t.task_id) if t.task_id in marked else None
         live = info is not None and (info.get("host") != host or pid_alive(int(info.get("pid", -1))))
         if live:
             st.running += 1
             st.active.append({"index": t.index, "task_id": t.task_id, "host": info.get("host"), "pid": info.get("pid"),
                               "progress": info.get("progress"), "seconds_since_update": round(time.time() - info.get("time", 0), 1)})
-        elif valid:
+        elif valid and shard.status != "interrupted":
             st.failed += 1
             st.failures.append({"index": t.index, "task_id": t.task_id, "params": {k: t.params[k] for k in _grid_keys(spec)},
                                 "error": str(shard.attrs.get("error", "")), "attempts": shard.attrs.get("attempts")})
         else:
             st.missing += 1
-            st.interrupted += info is not None
+            st.interrupted += info is not None or valid
     st.temporaries = len(store.temporaries())
     return st
 

@@ -26,8 +26,14 @@ rejected, values must have the default's type (an int is accepted for a float
 default and converted, so ``beta = 4`` and ``beta = 4.0`` are the same task).
 ``dims`` names the extra axes of measurements (default ``<name>_dim<k>``); a
 measurement named like one of those axes and equal in every task (a time grid)
-becomes that axis' coordinate. A spec may also name any importable function as
-``task = "package.module:function"``.
+becomes that axis' coordinate. ``validate(params)`` (optional) raises a
+``ParameterError`` for parameters that would only fail when the task runs (a
+negative step, an unknown backend); the spec check calls it once per distinct
+combination of ``validate_keys`` (default: every parameter) before any task runs.
+
+A spec may also name an importable function as ``task = "package.module:function"``:
+that runs code named by a file, so it is refused unless the caller opts in
+(``get_task(name, allow_code=True)``, ``attnflow sweep run --allow-code-tasks``).
 """
 
 from __future__ import annotations
@@ -45,7 +51,11 @@ import numpy as np
 
 from integrators.validation import ParameterError
 
-__all__ = ["TASKS", "TASK_MODULES", "TaskDef", "register_task", "get_task", "check_result", "MEASUREMENT_NAME"]
+__all__ = ["TASKS", "TASK_MODULES", "TaskDef", "register_task", "get_task", "is_code_task", "check_result",
+           "MEASUREMENT_NAME", "CODE_TASK_FLAG"]
+
+#: The command-line flag that allows ``module:function`` tasks.
+CODE_TASK_FLAG = "--allow-code-tasks"
 
 #: Modules imported on first lookup; each registers its tasks into TASKS.
 TASK_MODULES = (
@@ -71,12 +81,18 @@ class TaskDef:
     defaults : parameter name -> default value; None means "do not check the
         parameters" (the function receives exactly what the spec gives).
     dims : measurement name -> names of its own axes.
+    validate : ``validate(params)`` raises ``ParameterError`` for parameters the
+        task would reject when it runs (called at spec-check time), or None.
+    validate_keys : the parameters ``validate`` depends on (None: all of them);
+        each distinct combination of their values is validated once.
     """
 
     name: str
     fn: Callable[[dict, int], Mapping[str, Any]]
     defaults: Mapping[str, Any] | None = None
     dims: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    validate: Callable[[dict], None] | None = None
+    validate_keys: tuple[str, ...] | None = None
 
     def __call__(self, params: dict, seed: int) -> Mapping[str, Any]:
         return self.fn(params, seed)
@@ -120,11 +136,13 @@ def _coerce(label: str, value: Any, default: Any) -> Any:
 TASKS: dict[str, TaskDef | Callable] = {}
 
 
-def register_task(name: str, fn: Callable | None = None, *, defaults: Mapping[str, Any] | None = None, dims=None):
+def register_task(name: str, fn: Callable | None = None, *, defaults: Mapping[str, Any] | None = None, dims=None,
+                  validate: Callable[[dict], None] | None = None, validate_keys=None):
     """Register ``fn`` under ``name`` (usable as a decorator when ``fn`` is omitted)."""
 
     def add(f: Callable) -> Callable:
-        TASKS[name] = TaskDef(name, f, None if defaults is None else dict(defaults), {k: tuple(v) for k, v in (dims or {}).items()})
+        TASKS[name] = TaskDef(name, f, None if defaults is None else dict(defaults), {k: tuple(v) for k, v in (dims or {}).items()},
+                              validate, None if validate_keys is None else tuple(validate_keys))
         return f
 
     return add if fn is None else add(fn)
@@ -146,11 +164,24 @@ def _load_modules() -> None:
     _loaded = True
 
 
-def get_task(name: str) -> TaskDef:
-    """The task registered as ``name``, or the function at ``"package.module:function"``."""
+def is_code_task(name: str) -> bool:
+    """Whether ``name`` is a ``module:function`` reference (code named by the spec) rather than a registered task."""
+    return isinstance(name, str) and ":" in name
+
+
+def get_task(name: str, allow_code: bool = False) -> TaskDef:
+    """The task registered as ``name``, or (with ``allow_code``) the function at ``"package.module:function"``.
+
+    A ``module:function`` name imports that module and calls that function with
+    the spec's parameters: arbitrary code chosen by whoever wrote the spec, so
+    it is refused unless ``allow_code`` is given.
+    """
     if not isinstance(name, str) or not name:
         raise ParameterError("sweep.task", f"expected a task name, got {name!r}")
-    if ":" in name:
+    if is_code_task(name):
+        if not allow_code:
+            raise ParameterError("sweep.task", f"{name!r} names code to import and run, not a registered task; "
+                                               f"pass {CODE_TASK_FLAG} to `sweep run` to allow it")
         mod_name, _, attr = name.partition(":")
         try:
             fn = getattr(importlib.import_module(mod_name), attr)

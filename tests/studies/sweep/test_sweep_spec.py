@@ -148,11 +148,11 @@ def test_to_toml_round_trip():
 
 
 def test_task_by_import_path_keeps_its_checks():
-    spec = parse_spec(spec_with(sweep__task="studies.sweep.tasks:busy"))
+    spec = parse_spec(spec_with(sweep__task="studies.sweep.tasks:busy"), allow_code_tasks=True)
     assert spec.n_tasks == 12
     with pytest.raises(ParameterError) as err:
-        parse_spec(spec_with(sweep__task="studies.sweep.tasks:busy", params__secnds=1.0))
+        parse_spec(spec_with(sweep__task="studies.sweep.tasks:busy", params__secnds=1.0), allow_code_tasks=True)
     assert err.value.parameter == "params.secnds"
     with pytest.raises(ParameterError) as err:
-        parse_spec(spec_with(sweep__task="studies.sweep.tasks:no_such_function"))
+        parse_spec(spec_with(sweep__task="studies.sweep.tasks:no_such_function"), allow_code_tasks=True)
     assert err.value.parameter == "sweep.task"
