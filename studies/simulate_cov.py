@@ -13,8 +13,10 @@ Models (MODELS.md section 2; t = layer / n):
 
 The state V (time, batch, m, m) is stored as dataset ``V`` with dimensions (batch, m, m2).
 V0 = (1 - rho0) I + rho0 1 1^T by default (``--v0 FILE.npy`` for any PSD matrix). Paths that
-blow up (the attention drift is cubic) become non-finite and are frozen at their last finite
-value and counted: the summary line and the file attribute ``n_exited`` report them.
+blow up (the attention drift is cubic) *exit* once an entry passes ``--exit-threshold``
+(default :data:`EXIT_THRESHOLD`) or becomes non-finite: the file's ``exited`` and ``exit_time``
+datasets say which and when, their states are stored as NaN from then on, and the summary
+line, the attribute ``n_exited`` and ``attnflow info`` count them and average over the others.
 
 References
 ----------
@@ -36,7 +38,7 @@ from .cli_simulate import RUN_OPTIONS, run_and_store
 from .config import Option, add_options, choice, integer, load_npy, real, resolve_options, text
 
 __all__ = [
-    "COV_OPTIONS", "MODELS", "USES", "build_model", "initial_covariance", "register_models"]
+    "COV_OPTIONS", "EXIT_THRESHOLD", "MODELS", "USES", "build_model", "initial_covariance", "register_models"]
 
 MODELS = {
     "shaped-block": "shaped transformer block covariance SDE (NOCI)",
@@ -46,6 +48,9 @@ MODELS = {
     "residual-linear": "residual linear layer covariance SDE (Wishart-type)",
     "shaped-correlation": "m = 2 correlation SDE of the shaped MLP in artanh coordinates (LNR)",
 }
+#: default --exit-threshold: far above any covariance these models reach before they blow up
+#: (entries O(1)-O(10)), far below the 1e100-1e300 a runaway path reaches before it overflows
+EXIT_THRESHOLD = 1e6
 ARCHITECTURES = ("shaped-block", "shaped-attention", "shaped-mlp-residual", "residual-linear", "shaped-mlp",
                  "standard", "standard-preln")  # fmt: skip
 
@@ -189,6 +194,7 @@ def run(args) -> int:
         state_dims=dims,
         attrs={"state_meaning": "artanh(rho)" if state_name == "x" else "covariance V"},
         describe=describe,
+        default_exit_threshold=EXIT_THRESHOLD,
     )
 
 
