@@ -8,7 +8,7 @@ import numpy as np
 
 from particles.validation import ParameterError
 
-__all__ = ["available_bytes", "check_fits", "check_memory", "STATE_COPIES"]
+__all__ = ["available_bytes", "check_fits", "check_memory", "check_state_size", "STATE_COPIES"]
 
 #: live copies of the state during a step: the state, up to four stages, a trial
 #: state and the retraction's temporaries (rk4 / dopri5 need about this many)
@@ -76,3 +76,9 @@ def check_memory(backend, x0: np.ndarray, kept_saves: int, observables: dict) ->
         host += _PAIRWISE_COPIES * x0.shape[0] * n * n * 8
         name, what = "observables", f"pairwise observables of {x0.shape[0]} system(s) of n={n} tokens (n x n each)"
     check_fits(name, host, what)
+
+
+def check_state_size(name: str, shape: tuple[int, ...], itemsize: int = 8) -> None:
+    """Refuse, before it is drawn, an initial state of ``shape`` too large to integrate in memory."""
+    nbytes = float(np.prod(np.asarray(shape, dtype=np.float64))) * itemsize
+    check_fits(name, STATE_COPIES * nbytes, f"integrating a state of shape {tuple(shape)}")

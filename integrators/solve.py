@@ -179,6 +179,8 @@ def solve(
         # a step longer than the run would be cut to the span: refuse rather than record a dt never used
         raise ParameterError("dt", f"dt={dt:g} is longer than the time span t_end - t0 = {t_end - t0:g}")
     check_positive_int("max_steps", max_steps)
+    if 0 in np.shape(x0):
+        raise ParameterError("x0", f"empty state of shape {np.shape(x0)}: need at least one system (batch) and one token")
     x_np = model.check_state(x0, normalize=normalize)
     save_t = _save_times(save_at, t0, t_end)
     obs_fns = _resolve_observables(observables)

@@ -178,6 +178,10 @@ def run(args) -> int:
         x0 = np.full((opts["batch"], 1), math.atanh(opts["rho0"]))
         state_name, dims, describe = "x", ("batch", "one"), f"{model.name} rho0={opts['rho0']:g}"
     else:
+        if opts["v0"] is None:  # before building it: a one-line error, not an allocation traceback
+            from integrators.memory import check_state_size
+
+            check_state_size("m", (opts["batch"], opts["m"], opts["m"]))
         x0 = initial_covariance(opts, given)
         state_name, dims = "V", ("batch", "m", "m2")
         describe = f"{model.name} m={x0.shape[-1]} batch={x0.shape[0]}"

@@ -163,6 +163,10 @@ def _warn_unstable_step(model: str, opts: dict[str, Any]) -> None:
 
 def run(args) -> int:
     opts, given = resolve_options(FLOW_OPTIONS + RUN_OPTIONS, args, fixed={"model": args.model})
+    if opts["init_file"] is None:  # before drawing it: a one-line error, not an allocation traceback
+        from integrators.memory import check_state_size
+
+        check_state_size("n", (opts["batch"], opts["n"], opts["d"]))
     x0, init_desc = initial_state(opts, given)
     d = x0.shape[-1]
     model = build_model(args.model, opts, d)
