@@ -307,9 +307,10 @@ def solve(
                 t_seg = t
                 for j in range(m):
                     tj = t_seg + j * h
+                    t_next = stop if j == m - 1 else t_seg + (j + 1) * h  # exact at the saves
                     if fused_sde is not None:
                         x, new = fused_sde(tj, x, h, k_noise, exits.exited, exit_threshold)
-                        exits.mark(new, tj + h)
+                        exits.mark(new, t_next)
                         k_noise += 1
                         n_steps += 1
                         if bar is not None:
@@ -323,7 +324,7 @@ def solve(
                         x_new, _ = stepper.step(f, tj, x, h, space, g, dw)
                         x_new = space.retract(x_new)
                     if per_step:
-                        x_new = exits.step(x, x_new, tj + h)
+                        x_new = exits.step(x, x_new, t_next)
                     x = x_new
                     n_steps += 1
                     if n_steps > max_steps:
