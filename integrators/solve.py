@@ -237,17 +237,19 @@ def solve(
         # keeps every observable's shape and dtype) and then masked
         xv = xn if not exited.any() else np.where(_rows(exited, xn), x_np.astype(xn.dtype, copy=False), xn)
         obs = {name: masked_observable(np.asarray(fn(xv, model)), exited) for name, fn in obs_fns.items()}
-        xs = mask_exited(xn, exited) if save_states else None
+        frame = mask_exited(xn, exited)
+        if frame is xn:  # xn may share memory with the live state (fused steps update it in place)
+            frame = xn.copy()
         saved_t.append(tk)
         if save_states and not streamed:
-            saved_x.append(xs if xs is not xn else xn.copy())
-        last["x"] = xs if xs is not None else mask_exited(xn, exited)
+            saved_x.append(frame)
+        last["x"] = frame
         for name, v in obs.items():
             saved_obs[name].append(v)
         if writer is not None:
             if exit_hook is not None:
                 exit_hook(exited, exit_time)
-            writer.append(tk, xs, obs)
+            writer.append(tk, frame if save_states else None, obs)
         if not sde and new.any() and exit_threshold is None:
             return f"non-finite state at t={tk:.6g} ({int(new.sum())} of {batch} paths)"
         if exited.all():
