@@ -20,12 +20,16 @@ class Solution:
     x : (n_save, batch, ...) saved states (numpy, float64/float32), or None if
         states were not saved.
     observables : name -> (n_save, batch, ...) measured at the saved times.
-    exited : (batch,) bool, paths stopped because they left the domain
-        (``exit_threshold`` passed, or a non-finite value); their state is
-        frozen at the last good value.
+    exited : (batch,) bool, paths that left the domain (``exit_threshold``
+        passed, or a non-finite value); from their exit on they are NaN in ``x``
+        and their observables NaN (integer observables -1).
     exit_time : (batch,) time of exit, NaN for paths that did not exit.
-    stats : number of steps, rejected steps, wall time.
+    stats : number of steps, rejected steps, wall time, largest step taken (``max_step``).
     meta : method, backend, dtype, dt, seed, model parameters.
+    status : "complete", or "failed: ..." when every path exited or an ODE
+        state went non-finite (the run stopped at that save).
+    last : (batch, ...) the state at the last save (masked like ``x``); kept
+        also when ``x`` is not (states streamed to a writer, or not saved).
     """
 
     t: np.ndarray
@@ -35,13 +39,17 @@ class Solution:
     exit_time: np.ndarray
     stats: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    status: str = "complete"
+    last: np.ndarray | None = None
 
     @property
     def final(self) -> np.ndarray:
         """State at the last saved time, shape (batch, ...)."""
-        if self.x is None:
-            raise ValueError("states were not saved (save_states=False)")
-        return self.x[-1]
+        if self.x is not None:
+            return self.x[-1]
+        if self.last is None:
+            raise ValueError("no state was saved")
+        return self.last
 
     @property
     def exit_fraction(self) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time as _time
+import warnings
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -19,6 +20,8 @@ from integrators.validation import ParameterError, check_positive, check_positiv
 from integrators.backends import get_backend
 from integrators.brownian import BrownianIncrements
 from integrators.controller import PIController
+from integrators.exits import PathExits, mask_exited, masked_observable
+from integrators.memory import check_memory
 from integrators.registry import Stepper, get_stepper
 from integrators.solution import Solution
 
@@ -137,12 +140,23 @@ def solve(
     seed : seed of the Brownian path (SDEs), unless ``brownian`` is given.
     brownian : an explicit :class:`BrownianIncrements` (its ``step`` must equal dt).
     rtol, atol : tolerances of adaptive steppers.
-    exit_threshold : stop (freeze and flag) a path whose max |entry| exceeds it
-        or becomes non-finite.
+    exit_threshold : a path *exits* when its max |entry| exceeds it (None: only
+        when it becomes non-finite). SDE runs, and ODE runs with a threshold, are
+        checked after every step (on the torch device, without a read-back: the
+        flags are read at the saves); every run is also checked at each save.
+        From its exit on, a path is stored as NaN and its observables as NaN
+        (integer ones -1); ``Solution.exited`` / ``exit_time`` say which and when
+        (an ODE path found non-finite at a save gets that save's time). The
+        run stops with ``status = "failed: ..."`` (and a RuntimeWarning) when
+        every path has exited, or when an ODE run without a threshold goes
+        non-finite.
     normalize : normalise a non-unit initial state instead of rejecting it.
     progress : show a tqdm progress bar.
     writer : optional streaming writer with ``append(t, x, observables)`` and
-        ``close(status, stats)`` (see :class:`studies.store.RunWriter`).
+        ``close(status, stats)`` (see :class:`studies.store.RunWriter`); if it also
+        has ``set_exits(exited, exit_time)`` that is called before each append.
+        A writer whose ``stores_states`` is true keeps the states, so the Solution
+        does not: its ``x`` is None and ``last`` holds the last saved state.
 
     Returns
     -------
@@ -166,7 +180,12 @@ def solve(
             raise ParameterError("dt", f"a step size is required for the fixed-step method {stepper.name!r}")
         dt = (t_end - t0) / 100
     dt = check_positive("dt", dt)
+    if dt > (t_end - t0) * (1 + 1e-12):
+        # a step longer than the run would be cut to the span: refuse rather than record a dt never used
+        raise ParameterError("dt", f"dt={dt:g} is longer than the time span t_end - t0 = {t_end - t0:g}")
     check_positive_int("max_steps", max_steps)
+    if 0 in tuple(getattr(x0, "shape", np.shape(x0))):
+        raise ParameterError("x0", f"empty state of shape {tuple(x0.shape)}: need at least one system (batch) and one token")
     # the torch backend validates a CUDA tensor on the device and keeps it there
     x_np = be.check_state(model, x0, normalize) if hasattr(be, "check_state") else model.check_state(x0, normalize=normalize)
     on_device = save_states == "device"
@@ -196,35 +215,85 @@ def solve(
     # stepper (e.g. Euler + renormalise in one compiled pass per system), or None.
     # It may update x in place, so not where exit handling needs the old state.
     hook = getattr(be, "fused_step", None)
-    plain = sde or stepper.adaptive or exit_threshold is not None or hook is None
+    per_step = sde or exit_threshold is not None  # else: exits are found at the saves
+    plain = stepper.adaptive or per_step or hook is None
     fused = None if plain else hook(model, stepper)
     # Its SDE counterpart step(t, x, h, k, exited, threshold) -> (x_new, newly_exited) draws
     # increment k of ``noise`` itself and does the exit check (kept apart: its contract differs).
+    # ``exited`` and ``newly_exited`` are backend arrays (on the torch device: no read-back per step).
     sde_hook = getattr(be, "fused_sde_step", None) if sde and not stepper.adaptive else None
     fused_sde = None if sde_hook is None else sde_hook(model, stepper, noise)
     space = model.space
-    x = be.asarray(x_np)
     batch = x_np.shape[0]
-    exited = np.zeros(batch, dtype=bool)
-    exit_time = np.full(batch, np.nan)
+    # a writer that stores the states takes them off our hands: keep only the last one
+    streamed = writer is not None and save_states and bool(getattr(writer, "stores_states", False))
+    check_memory(be, x_np, len(save_t) if save_states and not streamed else 0, obs_fns)
+    x = be.asarray(x_np)
+    exits = PathExits(be, batch, exit_threshold)
+    exit_hook = getattr(writer, "set_exits", None)
     saved_x: list[np.ndarray] = []
     saved_obs: dict[str, list[np.ndarray]] = {k: [] for k in obs_fns}
     saved_t: list[float] = []
+    last: dict[str, np.ndarray] = {}
 
-    def save(tk: float, xk) -> None:
-        xn = None if on_device and not obs_fns and writer is None else be.to_numpy(xk)
-        obs = {name: np.asarray(fn(xn, model)) for name, fn in obs_fns.items()}
+    def save(tk: float, xk) -> str | None:
+        """Store one save (exited paths masked); return why the run must stop, or None."""
+        if on_device and not obs_fns and writer is None:
+            # saves kept on the device: check and mask there; the exit flags are the one read-back
+            import torch
+
+            exits.mark(exits.bad(xk), tk)
+            exits.read()
+            new = np.zeros(batch, dtype=bool)
+            exited, exit_time = exits.host()
+            rows = exits.exited.reshape((-1,) + (1,) * (xk.ndim - 1))
+            frame = torch.where(rows, torch.full_like(xk, float("nan")), xk)
+            saved_t.append(tk)
+            if save_states:
+                saved_x.append(frame)
+            last["x"] = frame
+            return _stop_reason(tk, new, exited, exit_time)
+        xn = be.to_numpy(xk)
+        exits.read()
+        new = exits.check_saved(xn, tk)
+        exited, exit_time = exits.host()
+        # observables of exited paths are computed on their initial state (any valid state
+        # keeps every observable's shape and dtype) and then masked
+        if exited.any():
+            x_ref = x_np if isinstance(x_np, np.ndarray) else be.to_numpy(x_np)
+            xv = np.where(_rows(exited, xn), x_ref.astype(xn.dtype, copy=False), xn)
+        else:
+            xv = xn
+        obs = {name: masked_observable(np.asarray(fn(xv, model)), exited) for name, fn in obs_fns.items()}
+        frame = mask_exited(xn, exited)
+        if frame is xn:  # xn may share memory with the live state (fused steps update it in place)
+            frame = xn.copy()
         saved_t.append(tk)
-        if save_states:
-            saved_x.append(xk.clone() if on_device else xn.copy())
+        if save_states and not streamed:
+            saved_x.append(frame)
+        last["x"] = frame
         for name, v in obs.items():
             saved_obs[name].append(v)
         if writer is not None:
-            writer.append(tk, xn if save_states else None, obs)
+            if exit_hook is not None:
+                exit_hook(exited, exit_time)
+            writer.append(tk, frame if save_states else None, obs)
+        return _stop_reason(tk, new, exited, exit_time)
+
+    def _stop_reason(tk: float, new: np.ndarray, exited: np.ndarray, exit_time: np.ndarray) -> str | None:
+        if not sde and new.any() and exit_threshold is None:
+            return f"non-finite state at t={tk:.6g} ({int(new.sum())} of {batch} paths)"
+        if exited.all():
+            t_last = float(np.nanmax(exit_time))
+            if exit_threshold is None:
+                return f"non-finite state at t={t_last:.6g}: every path exited"
+            return f"every path exited by t={t_last:.6g} (non-finite, or max |entry| > exit_threshold={exit_threshold:g})"
+        return None
 
     controller = PIController(rtol, atol, stepper.error_order or 4) if stepper.adaptive else None
     n_steps = n_rejected = 0
     k_noise = 0
+    max_step = 0.0
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -235,14 +304,17 @@ def solve(
     try:
         t = t0
         i_save = 0
+        failure = None
         if abs(save_t[0] - t0) <= 1e-12:
-            save(t0, x)
+            failure = save(t0, x)
             i_save = 1
         stops = list(save_t[i_save:])
         if not stops or stops[-1] < t_end - 1e-12:
             stops.append(t_end)
         h_try = dt
         for stop in stops:
+            if failure is not None:
+                break
             if stepper.adaptive:
                 while t < stop - 1e-12 * max(1.0, abs(stop)):
                     h = min(h_try, stop - t)
@@ -254,6 +326,7 @@ def solve(
                             raise FloatingPointError(f"step size underflow at t={t}")
                         continue
                     x, t = space.retract(x_new), t + h
+                    max_step = max(max_step, h)
                     n_steps += 1
                     if bar is not None:
                         bar.update(h)
@@ -263,15 +336,15 @@ def solve(
             else:
                 m = max(1, int(math.ceil((stop - t) / dt - 1e-9)))
                 h = (stop - t) / m
+                max_step = max(max_step, h)
                 t_seg = t
                 for j in range(m):
                     tj = t_seg + j * h
+                    t_next = stop if j == m - 1 else t_seg + (j + 1) * h  # exact at the saves
                     if fused_sde is not None:
-                        x, new = fused_sde(tj, x, h, k_noise, exited, exit_threshold)
+                        x, new = fused_sde(tj, x, h, k_noise, exits.exited, exit_threshold)
+                        exits.mark(new, t_next)
                         k_noise += 1
-                        if new.any():
-                            exit_time[new] = tj + h
-                            exited |= new
                         n_steps += 1
                         if bar is not None:
                             bar.update(h)
@@ -283,8 +356,8 @@ def solve(
                     else:
                         x_new, _ = stepper.step(f, tj, x, h, space, g, dw)
                         x_new = space.retract(x_new)
-                    if exit_threshold is not None or sde:
-                        x_new = _handle_exits(be, x, x_new, exited, exit_time, tj + h, exit_threshold)
+                    if per_step:
+                        x_new = exits.step(x, x_new, t_next)
                     x = x_new
                     n_steps += 1
                     if n_steps > max_steps:
@@ -293,8 +366,11 @@ def solve(
                         bar.update(h)
                 t = stop
             if i_save < len(save_t) and abs(stop - save_t[i_save]) <= 1e-9 * max(1.0, abs(stop)):
-                save(save_t[i_save], x)
+                failure = save(save_t[i_save], x)
                 i_save += 1
+        exits.read()  # exits after the last save (when it is before t_end) count too
+        if failure is not None:
+            status = f"failed: {failure}"
     except BaseException as exc:
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"failed: {type(exc).__name__}: {exc}"
         if writer is not None:
@@ -305,7 +381,8 @@ def solve(
             bar.close()
     be.synchronize()
     wall = _time.perf_counter() - wall
-    stats = {"n_steps": n_steps, "n_rejected": n_rejected, "wall_time_s": wall}
+    exited, exit_time = exits.host()
+    stats = {"n_steps": n_steps, "n_rejected": n_rejected, "wall_time_s": wall, "max_step": max_step}
     sol = Solution(
         t=np.asarray(saved_t),
         x=(_stack_device(saved_x) if on_device else np.stack(saved_x)) if save_states and saved_x else None,
@@ -323,10 +400,15 @@ def solve(
             "seed": None if noise is None else int(noise.seed),
             "rtol": rtol if stepper.adaptive else None,
             "atol": atol if stepper.adaptive else None,
+            "exit_threshold": exit_threshold,
         },
+        status=status,
+        last=last.get("x"),
     )
     if writer is not None:
         writer.close(status, {**stats, "n_exited": int(exited.sum())})
+    if status != "complete":
+        warnings.warn(f"solve: {status}", RuntimeWarning, stacklevel=2)
     return sol
 
 
@@ -336,22 +418,6 @@ def _stack_device(xs):
     return torch.stack(xs)
 
 
-def _handle_exits(be, x_old, x_new, exited, exit_time, t_new, threshold):
-    """Freeze paths that blew up (non-finite, or max |entry| > threshold); flag them."""
-    xn = be.to_numpy(x_new)
-    flat = xn.reshape(xn.shape[0], -1)
-    bad = ~np.all(np.isfinite(flat), axis=1)
-    if threshold is not None:
-        with np.errstate(invalid="ignore"):
-            bad |= np.nanmax(np.abs(flat), axis=1) > threshold
-    new = bad & ~exited
-    if new.any():
-        exit_time[new] = t_new
-        exited |= new
-    if not exited.any():
-        return x_new
-    mask = be.asarray(exited.reshape((-1,) + (1,) * (xn.ndim - 1)).astype(xn.dtype))
-    # where(mask, x_old, x_new) written arithmetically so it works for numpy and torch alike,
-    # with NaNs in x_new masked out first.
-    xn_clean = be.asarray(np.where(exited.reshape((-1,) + (1,) * (xn.ndim - 1)), 0.0, xn))
-    return mask * x_old + (1 - mask) * xn_clean
+def _rows(mask: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """A (batch,) mask shaped to broadcast against ``like`` (batch, ...)."""
+    return mask.reshape((-1,) + (1,) * (like.ndim - 1))

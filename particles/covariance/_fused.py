@@ -34,6 +34,9 @@ def _draws_on_device(device) -> bool:
 def fused_sde_step(model, stepper_name: str, backend, noise):
     """``step(t, V, h, k, exited, threshold) -> (V_new, newly_exited)`` or None where not offered.
 
+    ``exited`` and ``newly_exited`` are (batch,) bool arrays of the backend (torch
+    tensors on V's device, numpy arrays for numba).
+
     Offered for (psd-)Euler-Maruyama with a :class:`integrators.BrownianIncrements` path
     (any coarsening factor), on the numba backend in float64 and on the torch backend.
     """
@@ -98,10 +101,8 @@ def _torch_step(model, backend, noise, psd: bool):
             Y = psd_project(Y)
         ok = Y.abs().amax(dim=(-2, -1)) <= limit  # NaN compares False: flagged with inf and overflow
         new = ~ok & ~frozen
-        keep = new | frozen
-        if bool(keep.any()):
-            Y = torch.where(keep[:, None, None], V, Y)
-        return Y, new
+        # always the select, never "if keep.any()": that test would read the flags back every step
+        return torch.where((new | frozen)[:, None, None], V, Y), new
 
     def step(t, V, h, k, exited, threshold):
         B = V.shape[0]
@@ -120,13 +121,13 @@ def _torch_step(model, backend, noise, psd: bool):
             noise.fill(k, buf["w"])
             dW = buf["wt"].reshape(noise.shape).to(device=V.device, dtype=V.dtype, non_blocking=True)
         limit = min(math.inf if threshold is None else float(threshold), torch.finfo(V.dtype).max)
-        frozen = torch.as_tensor(exited, device=V.device)
+        frozen = torch.as_tensor(exited, device=V.device)  # a device tensor from solve: no copy
         # on the CPU, chunks whose temporaries stay in cache (measured: 1.3-1.5x faster than one pass)
         size = _CPU_CHUNK if V.device.type == "cpu" else B
         parts = [one(V[a : a + size], dW[a : a + size], h, frozen[a : a + size], limit) for a in range(0, B, size)]
         Y = parts[0][0] if len(parts) == 1 else torch.cat([p[0] for p in parts])
         new = parts[0][1] if len(parts) == 1 else torch.cat([p[1] for p in parts])
-        return Y, new.cpu().numpy()
+        return Y, new  # stays on the device: solve reads the exit flags only at saves
 
     return step
 

@@ -96,7 +96,8 @@ def normalized_energy(x: np.ndarray, model=None, beta: float | None = None) -> n
     """(1/n^2) sum_{i,j} exp(beta(<x_i, x_j> - 1)) in (0, 1] (META staircase form), (batch,)."""
     b = _beta(model, beta)
     n = x.shape[-2]
-    return np.exp(b * (gram(x) - 1.0)).sum(axis=(-1, -2)) / (n * n)
+    # <x_i, x_j> <= 1 on the sphere; a round-off excess times a huge beta would overflow
+    return np.exp(b * (np.minimum(gram(x), 1.0) - 1.0)).sum(axis=(-1, -2)) / (n * n)
 
 
 def min_inner_product(x: np.ndarray, model=None) -> np.ndarray:
@@ -133,3 +134,8 @@ OBSERVABLES = {
     "consensus_gap": consensus_gap,
     "pair_histogram": pair_histogram,
 }
+
+# Each builds (batch, n, n) Gram matrices: solve's memory check sizes them by this mark.
+for _fn in OBSERVABLES.values():
+    _fn.pairwise = True
+del _fn

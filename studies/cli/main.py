@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from studies.errors import UserError
@@ -50,10 +51,29 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         rc = args.func(args)
+        sys.stdout.flush()  # here, where a closed pipe can still be caught
+    except BrokenPipeError:
+        # the reader went away (`attnflow info f.h5 | head -1`): stop quietly, like any Unix filter
+        _silence_stdout()
+        return 128 + 13  # as if killed by SIGPIPE
     except (UserError, ParameterError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         print(f"attnflow {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except MemoryError as exc:
+        print(f"attnflow {args.command}: error: out of memory ({exc or 'allocation failed'}); "
+              "try fewer tokens, a smaller batch or fewer saves", file=sys.stderr)  # fmt: skip
         return 2
     except KeyboardInterrupt:
         print(f"attnflow {args.command}: interrupted", file=sys.stderr)
         return 130
     return int(rc or 0)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush does not raise again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass

@@ -36,6 +36,7 @@ __all__ = [
     "float_list",
     "name_list",
     "boolean",
+    "exit_threshold",
 ]
 
 Converter = Callable[[str, Any], Any]
@@ -125,6 +126,13 @@ def text(name: str, raw: Any) -> str:
     if not isinstance(raw, str):
         raise ParameterError(name, f"expected a string, got {raw!r}")
     return raw
+
+
+def exit_threshold(name: str, raw: Any) -> float:
+    """A positive threshold, or "off" / "none" / "inf" (returned as inf: no threshold)."""
+    if isinstance(raw, str) and raw.strip().lower() in ("off", "none", "inf"):
+        return math.inf
+    return real(0.0, strict=True)(name, raw)
 
 
 def boolean(name: str, raw: Any) -> bool:
@@ -244,4 +252,8 @@ def load_npy(name: str, path: str) -> np.ndarray:
         raise ParameterError(name, f"{p} is not a valid .npy array ({type(exc).__name__})") from None
     if not np.issubdtype(arr.dtype, np.number):
         raise ParameterError(name, f"{p} holds {arr.dtype}, not numbers")
+    if np.iscomplexobj(arr):  # a cast to real would drop the imaginary part silently
+        raise ParameterError(name, f"{p} holds complex numbers ({arr.dtype}); a real array is needed")
+    if arr.size == 0:
+        raise ParameterError(name, f"{p} holds an empty array of shape {arr.shape}")
     return arr.astype(np.float64)

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -36,7 +38,7 @@ from integrators.registry import STEPPERS
 from particles.sphere.observables import OBSERVABLES
 from integrators.validation import ParameterError
 
-from studies.cli.options import Option, choice, float_list, integer, name_list, real, text
+from studies.cli.options import Option, choice, exit_threshold, float_list, integer, name_list, real, text
 
 __all__ = ["register", "SIMULATE_PLUGINS", "RUN_OPTIONS", "run_and_store", "save_times", "with_observables"]
 
@@ -68,6 +70,9 @@ RUN_OPTIONS: tuple[Option, ...] = (
            "(frames of 4 KiB or more): none (default, fastest), gzip (level 4 + shuffle; 5-10% smaller float64 "
            "files, slower), lzf"),
     Option("progress", None, None, "progress bar (default: when stderr is a terminal)", flag=True),
+    Option("exit-threshold", exit_threshold, None, "a path exits (is stored as NaN from then on and left out of the "
+           "summaries) when max |entry| of its state exceeds this; 'off': only when it becomes non-finite "
+           "(default: off for the flow, 1e6 for the covariance SDEs)", metavar="X|off"),
 )  # fmt: skip
 
 
@@ -153,11 +158,15 @@ def run_and_store(
     coords: Mapping[str, np.ndarray] | None = None,
     attrs: Mapping[str, Any] | None = None,
     describe: str = "",
+    default_exit_threshold: float | None = None,
 ) -> int:
     """Validate, solve with a streaming :class:`RunWriter`, print where it wrote and a summary.
 
     ``opts`` holds the resolved :data:`RUN_OPTIONS` (by dest). ``describe`` is the
     model part of the summary line (e.g. "sa n=16 d=16 beta=4").
+    ``default_exit_threshold`` applies when ``--exit-threshold`` is not given.
+    Returns 0, or 1 (after a one-line message on stderr) when the run failed
+    (every path exited, or an ODE state went non-finite; the file says so in ``status``).
     """
     from integrators import solve
 
@@ -170,7 +179,11 @@ def run_and_store(
     out = Path(opts["out"])
     _check_out(out, opts["group"], opts["overwrite"])
     progress = opts["progress"] if opts["progress"] is not None else sys.stderr.isatty()
-    all_attrs = {"t_end": opts["t_end"], "options_json": json.dumps(_jsonable(opts)), **(attrs or {})}
+    threshold = opts.get("exit_threshold")
+    threshold = default_exit_threshold if threshold is None else threshold
+    threshold = None if threshold is None or math.isinf(threshold) else threshold
+    all_attrs = {"t_end": opts["t_end"], "options_json": json.dumps(_jsonable(opts)), **(attrs or {}),
+                 "exit_threshold": "off" if threshold is None else threshold}  # fmt: skip
     if noise_seed is not None:
         from integrators.brownian import GENERATOR
 
@@ -195,22 +208,26 @@ def run_and_store(
         overwrite=opts["overwrite"],
     )
     try:
-        sol = solve(
-            model,
-            x0,
-            opts["t_end"],
-            dt=opts["dt"],
-            method=method,
-            backend=opts["backend"],
-            dtype=opts["dtype"],
-            device=opts["device"],
-            save_at=ts,
-            save_states=opts["states"],
-            observables=opts["observables"] or (),
-            seed=noise_seed,
-            progress=progress,
-            writer=writer,
-        )
+        # the overflow and NaN warnings of the numpy kernels say what the run's exit check reports
+        with warnings.catch_warnings(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            warnings.filterwarnings("ignore", message="solve: failed", category=RuntimeWarning)
+            sol = solve(
+                model,
+                x0,
+                opts["t_end"],
+                dt=opts["dt"],
+                method=method,
+                backend=opts["backend"],
+                dtype=opts["dtype"],
+                device=opts["device"],
+                save_at=ts,
+                save_states=opts["states"],
+                observables=opts["observables"] or (),
+                seed=noise_seed,
+                progress=progress,
+                writer=writer,
+                exit_threshold=threshold,
+            )
     except BaseException as exc:
         if not writer.closed:  # solve validates before its loop and did not close the writer
             writer.close(f"failed: {type(exc).__name__}: {exc}", {})
@@ -220,6 +237,9 @@ def run_and_store(
     where = f"{out}" + ("" if opts["group"].strip("/") == "" else f":{opts['group']}")
     print(f"wrote {where}")
     print(_summary_line(describe, method, opts, sol))
+    if sol.status != "complete":
+        print(f"attnflow simulate: error: run {sol.status} (written to {where} with that status)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -229,15 +249,21 @@ def _summary_line(describe: str, method: str, opts, sol) -> str:
         f"{describe} | {method}/{opts['backend']} dt={opts['dt']:g} T={opts['t_end']:g}"
         f" | {s['n_steps']} steps in {s['wall_time_s']:.3g} s, {len(sol.t)} saves"
     ]
+    if s.get("max_step") and s["max_step"] < opts["dt"] * (1 - 1e-9):
+        parts[0] += f" (steps of at most {s['max_step']:g} to land on the saves)"
     finals = []
+    keep = ~sol.exited
     for name, v in sol.observables.items():
         last = np.asarray(v[-1])
-        if last.ndim <= 1:
-            finals.append(f"{name}={np.mean(last):.6g}")
+        if last.ndim == 1 and last.shape[0] == keep.shape[0] and keep.any():
+            finals.append(f"{name}={np.mean(last[keep]):.6g}")
+        elif last.ndim == 0:
+            finals.append(f"{name}={float(last):.6g}")
     if sol.exited.any():
         finals.append(f"exited={int(sol.exited.sum())}/{sol.exited.size}")
     if finals:
-        parts.append("final " + ("(mean over batch) " if sol.exited.size > 1 else "") + " ".join(finals))
+        over = "(mean over the surviving paths) " if sol.exited.any() else "(mean over batch) "
+        parts.append("final " + (over if sol.exited.size > 1 else "") + " ".join(finals))
     return " | ".join(parts)
 
 

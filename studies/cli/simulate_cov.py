@@ -13,8 +13,10 @@ Models (MODELS.md section 2; t = layer / n):
 
 The state V (time, batch, m, m) is stored as dataset ``V`` with dimensions (batch, m, m2).
 V0 = (1 - rho0) I + rho0 1 1^T by default (``--v0 FILE.npy`` for any PSD matrix). Paths that
-blow up (the attention drift is cubic) become non-finite and are frozen at their last finite
-value and counted: the summary line and the file attribute ``n_exited`` report them.
+blow up (the attention drift is cubic) *exit* once an entry passes ``--exit-threshold``
+(default :data:`EXIT_THRESHOLD`) or becomes non-finite: the file's ``exited`` and ``exit_time``
+datasets say which and when, their states are stored as NaN from then on, and the summary
+line, the attribute ``n_exited`` and ``attnflow info`` count them and average over the others.
 
 References
 ----------
@@ -36,7 +38,7 @@ from studies.cli.simulate import RUN_OPTIONS, run_and_store, with_observables
 from studies.cli.options import Option, add_options, choice, integer, load_npy, real, resolve_options, text
 
 __all__ = [
-    "COV_OPTIONS", "MODELS", "USES", "build_model", "initial_covariance", "register_models"]
+    "COV_OPTIONS", "EXIT_THRESHOLD", "MODELS", "USES", "build_model", "initial_covariance", "register_models"]
 
 MODELS = {
     "shaped-block": "shaped transformer block covariance SDE (NOCI)",
@@ -46,6 +48,9 @@ MODELS = {
     "residual-linear": "residual linear layer covariance SDE (Wishart-type)",
     "shaped-correlation": "m = 2 correlation SDE of the shaped MLP in artanh coordinates (LNR)",
 }
+#: default --exit-threshold: far above any covariance these models reach before they blow up
+#: (entries O(1)-O(10)), far below the 1e100-1e300 a runaway path reaches before it overflows
+EXIT_THRESHOLD = 1e6
 ARCHITECTURES = ("shaped-block", "shaped-attention", "shaped-mlp-residual", "residual-linear", "shaped-mlp",
                  "standard", "standard-preln")  # fmt: skip
 
@@ -183,6 +188,10 @@ def run(args) -> int:
         x0 = np.full((opts["batch"], 1), math.atanh(opts["rho0"]))
         state_name, dims, describe = "x", ("batch", "one"), f"{model.name} rho0={opts['rho0']:g}"
     else:
+        if opts["v0"] is None:  # before building it: a one-line error, not an allocation traceback
+            from integrators.memory import check_state_size
+
+            check_state_size("m", (opts["batch"], opts["m"], opts["m"]))
         x0 = initial_covariance(opts, given)
         state_name, dims = "V", ("batch", "m", "m2")
         describe = f"{model.name} m={x0.shape[-1]} batch={x0.shape[0]}"
@@ -200,6 +209,7 @@ def run(args) -> int:
         obs_dims=COVARIANCE_OBSERVABLE_DIMS,
         attrs={"state_meaning": "artanh(rho)" if state_name == "x" else "covariance V"},
         describe=describe,
+        default_exit_threshold=EXIT_THRESHOLD,
     )
 
 

@@ -141,8 +141,13 @@ def noise_seed(seed: int) -> int:
     return int(np.random.SeedSequence(seed, spawn_key=(1,)).generate_state(1, np.uint64)[0] >> 1)
 
 
+#: exp(beta <x_i, x_j>) overflows float64 beyond this beta, and with it the energy E_beta
+ENERGY_MAX_BETA = float(np.log(np.finfo(np.float64).max))
+
+
 def _default_observables(beta: float, states: bool) -> list[str]:
-    obs = ["energy"] if beta > 0 else []
+    # past ENERGY_MAX_BETA, E_beta is inf/NaN: its normalised form exp(beta(<x_i,x_j> - 1)) stays in (0, 1]
+    obs = ([] if beta <= 0 else ["energy"] if beta <= ENERGY_MAX_BETA else ["normalized_energy"])
     obs += ["cluster_count", "fraction_close", "min_inner_product"]
     if not states:
         obs.append("pair_histogram")  # so that `attnflow plot` can still draw the histogram
@@ -163,6 +168,10 @@ def _warn_unstable_step(model: str, opts: dict[str, Any]) -> None:
 
 def run(args) -> int:
     opts, given = resolve_options(FLOW_OPTIONS + RUN_OPTIONS, args, fixed={"model": args.model})
+    if opts["init_file"] is None:  # before drawing it: a one-line error, not an allocation traceback
+        from integrators.memory import check_state_size
+
+        check_state_size("n", (opts["batch"], opts["n"], opts["d"]))
     x0, init_desc = initial_state(opts, given)
     d = x0.shape[-1]
     model = build_model(args.model, opts, d)
@@ -170,6 +179,9 @@ def run(args) -> int:
         opts["observables"] = _default_observables(opts["beta"], opts["states"])
     elif opts["beta"] == 0 and {"energy", "normalized_energy"} & set(opts["observables"]):
         raise ParameterError("observables", "the energy E_beta needs beta > 0")
+    elif opts["beta"] > ENERGY_MAX_BETA and "energy" in opts["observables"]:
+        raise ParameterError("observables", f"the energy E_beta overflows float64 for beta > {ENERGY_MAX_BETA:.4g}; "
+                             "use normalized_energy")  # fmt: skip
     sde = bool(getattr(model, "is_sde", False))
     _warn_unstable_step(args.model, opts)
     edges = np.linspace(-1.0, 1.0, HIST_BINS + 1)

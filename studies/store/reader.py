@@ -81,6 +81,8 @@ class Run:
     dims : dataset name -> dimension names (time first).
     attrs : every attribute of the run group.
     params : the model parameters (decoded ``params_json``).
+    exited : (batch,) bool, paths that left the domain (None in files written before it was stored).
+    exit_time : (batch,) their exit times, NaN for the others (None likewise).
     """
 
     path: Path
@@ -92,6 +94,16 @@ class Run:
     dims: dict[str, tuple[str, ...]]
     attrs: dict[str, Any]
     params: dict[str, Any] = field(default_factory=dict)
+    exited: np.ndarray | None = None
+    exit_time: np.ndarray | None = None
+
+    @property
+    def n_exited(self) -> int:
+        return 0 if self.exited is None else int(self.exited.sum())
+
+    def surviving(self) -> np.ndarray | None:
+        """(batch,) bool, the paths that never exited (None when the file does not say)."""
+        return None if self.exited is None else ~self.exited
 
     @property
     def status(self) -> str:
@@ -140,8 +152,10 @@ def read_run(path: str | os.PathLike, group: str = "/", states: bool = True) -> 
         state_name = str(attrs.get("state", "x"))
         scales = {name for name, obj in g.items() if isinstance(obj, h5py.Dataset) and obj.is_scale}
         state, obs, dims = None, {}, {}
+        exited = g["exited"][()].astype(bool) if "exited" in g else None
+        exit_time = g["exit_time"][()] if "exit_time" in g else None
         for name, ds in g.items():
-            if not isinstance(ds, h5py.Dataset) or name in scales:
+            if not isinstance(ds, h5py.Dataset) or name in scales or name in ("exited", "exit_time"):
                 continue
             dims[name] = _dims_of(ds)
             if name == state_name:
@@ -149,8 +163,21 @@ def read_run(path: str | os.PathLike, group: str = "/", states: bool = True) -> 
             else:
                 obs[name] = ds[:n]
         dims["t"] = ("t",)
-    params = json.loads(attrs["params_json"]) if "params_json" in attrs else {}
-    return Run(Path(path), "/" + str(group).strip("/"), t, state, state_name, obs, dims, attrs, params)
+    params = _decode_params(path, attrs)
+    return Run(Path(path), "/" + str(group).strip("/"), t, state, state_name, obs, dims, attrs, params, exited,
+               exit_time)  # fmt: skip
+
+
+def _decode_params(path, attrs: dict) -> dict:
+    if "params_json" not in attrs:
+        return {}
+    try:
+        params = json.loads(attrs["params_json"])
+    except (ValueError, TypeError):
+        params = None
+    if not isinstance(params, dict):
+        raise ParameterError("params_json", f"{path}: the attribute params_json is not a JSON object (a damaged or forged file)")
+    return params
 
 
 def open_xarray(path: str | os.PathLike, group: str = "/"):

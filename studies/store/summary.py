@@ -21,6 +21,9 @@ _SHOWN = {
 }  # fmt: skip
 
 
+_EXITS = ("exited", "exit_time")
+
+
 def _short(v, width: int = 60) -> str:
     if isinstance(v, bytes):
         v = v.decode()
@@ -37,11 +40,19 @@ def _short(v, width: int = 60) -> str:
     return s if len(s) <= width else s[: width - 3] + "..."
 
 
-def _describe_params(attrs) -> str:
+def _params(attrs) -> dict:
+    """The decoded ``params_json`` ({} when absent or not a JSON object: a forged or damaged file)."""
     try:
         params = json.loads(attrs["params_json"])
-    except (KeyError, ValueError):
-        return ""
+    except (KeyError, ValueError, TypeError):
+        return {}
+    return params if isinstance(params, dict) else {}
+
+
+def _describe_params(attrs) -> str:
+    params = _params(attrs)
+    if not params and "params_json" in attrs:
+        return "params_json unreadable"
     return ", ".join(f"{k}={_short(v, 30)}" for k, v in params.items() if k != "model")
 
 
@@ -74,7 +85,7 @@ def format_run(filename: str, g: h5py.Group) -> str:
         f" (git {_short(a.get('git_commit'))[:12]})"
         + (f", finished {_short(a['completed'])}" if "completed" in a else "")
     )
-    other = {k: v for k, v in a.items() if k not in _SHOWN and k not in json.loads(a.get("params_json", "{}"))}
+    other = {k: v for k, v in a.items() if k not in _SHOWN and k not in _params(a)}
     if other:
         lines.append("  attributes  " + "  ".join(f"{k}={_short(v, 40)}" for k, v in other.items()))
     state = _short(a.get("state", "x"))
@@ -100,18 +111,30 @@ def format_run(filename: str, g: h5py.Group) -> str:
     obs = [
         name
         for name, ds in g.items()
-        if isinstance(ds, h5py.Dataset) and not ds.is_scale and name not in ("t", state) and ds.shape[0] >= n > 0
+        if isinstance(ds, h5py.Dataset) and not ds.is_scale and name not in ("t", state, *_EXITS) and ds.shape[0] >= n > 0
     ]
+    exited = g["exited"][()].astype(bool) if "exited" in g else None
+    if exited is not None and exited.any():
+        first = float(np.nanmin(g["exit_time"][()])) if "exit_time" in g else float("nan")
+        lines.append(f"  exited      {int(exited.sum())} of {exited.size} paths (first at t = {first:.6g}); "
+                     "the values below are over the surviving paths")  # fmt: skip
     if obs:
         batch = g[obs[0]].shape[1] if g[obs[0]].ndim > 1 else 1
-        lines.append(f"  final values (t = {t[-1]:.6g}, over {batch} system{'s' if batch != 1 else ''})")
+        keep = ~exited if exited is not None and exited.shape == (batch,) else np.ones(batch, dtype=bool)
+        over = f"{batch} system{'s' if batch != 1 else ''}"
+        if not keep.all():
+            over = f"the {int(keep.sum())} surviving of {over}"
+        lines.append(f"  final values (t = {t[-1]:.6g}, over {over})")
         w = max(len(o) for o in obs)
         for name in obs:
             ds = g[name]
             if ds.ndim > 2:
                 lines.append(f"    {name:<{w}}  ({int(np.prod(ds.shape[2:]))} values per system)")
+            elif not keep.any():
+                lines.append(f"    {name:<{w}}  (no surviving system)")
             else:
-                lines.append(f"    {name:<{w}}  {_stat_line(ds[n - 1])}")
+                v = ds[n - 1]
+                lines.append(f"    {name:<{w}}  {_stat_line(v[keep] if v.ndim == 1 and v.shape[0] == batch else v)}")
     return "\n".join(lines)
 
 

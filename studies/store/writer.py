@@ -5,6 +5,8 @@ Layout of a run (a group; the file's root by default)::
     t                  (t,)                    saved times, float64; dimension scale "t"
     x | V | ...        (t, batch, n, d) ...    the state (name and dims configurable), optional
     <observable>       (t, batch, ...)         one dataset per observable
+    exited, exit_time  (batch,)                paths that left the domain (bool) and when (NaN: never);
+                                               rewritten at every save (from :func:`integrators.solve`)
     batch, n, d, ...   (size,)                 dimension scales (indices, or given coordinates)
     attrs              model, every parameter (and ``params_json``), seed, integrator, dt,
                        backend, dtype, device, package_version, git_commit, created, status, ...
@@ -131,6 +133,10 @@ def _chunks(frame: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
 class RunWriter:
     """Stream one run into an HDF5 file; the ``writer`` that :func:`integrators.solve` calls.
 
+    It stores the states it is given (``stores_states``), so ``solve`` does not keep
+    them in memory as well; ``solve`` hands it the per-path exits (:meth:`set_exits`)
+    before each save.
+
     Parameters
     ----------
     path : the HDF5 file (created, or opened for appending when ``group`` is not the root).
@@ -147,6 +153,8 @@ class RunWriter:
     attrs : further attributes (e.g. t_end, the command line).
     overwrite : replace an existing file (root group) or group.
     """
+
+    stores_states = True
 
     def __init__(
         self,
@@ -182,6 +190,7 @@ class RunWriter:
         self.closed = False
         self.n_saved = 0
         self._datasets: dict[str, h5py.Dataset] = {}
+        self._exits: tuple[np.ndarray, np.ndarray] | None = None
         if params is None:
             params = model.params() if hasattr(model, "params") else {}
         model_name = model if isinstance(model, str) else getattr(model, "name", type(model).__name__)
@@ -298,6 +307,13 @@ class RunWriter:
             default = (("batch",) + tuple(f"{name}_{k}" for k in range(1, v.ndim)))[: v.ndim]
             self._create(name, v, self.obs_dims.get(name, default), t)
         self._datasets["t"] = t
+        if self._exits is not None:
+            exited, exit_time = self._exits
+            for name, v in (("exited", exited), ("exit_time", exit_time)):
+                if name in self._g:
+                    raise ValueError(f"dataset name {name!r} is taken (a dimension or an observable)")
+                ds = self._g.create_dataset(name, data=v)
+                ds.dims[0].attach_scale(self._scale("batch", v.shape[0]))
         # Everything is created (SWMR forbids new objects and attributes from here on).
         self._f.flush()
         self._f.swmr_mode = True
@@ -319,11 +335,18 @@ class RunWriter:
             ds = self._datasets[name]
             ds.resize(k + 1, axis=0)
             ds[k] = np.asarray(v)
+        if self._exits is not None and k > 0:
+            self._g["exited"][...] = self._exits[0]
+            self._g["exit_time"][...] = self._exits[1]
         t_ds = self._datasets["t"]  # last: len(t) counts the complete frames
         t_ds.resize(k + 1, axis=0)
         t_ds[k] = float(t)
         self._f.flush()
         self.n_saved = k + 1
+
+    def set_exits(self, exited: np.ndarray, exit_time: np.ndarray) -> None:
+        """The per-path exits ((batch,) bool and float, NaN: never) to store with the next save."""
+        self._exits = (np.asarray(exited, dtype=bool), np.asarray(exit_time, dtype=np.float64))
 
     def close(self, status: str = "complete", stats: Mapping[str, Any] | None = None) -> None:
         """Finish the run: record ``status`` ("complete", "interrupted", "failed: ...") and ``stats``."""

@@ -43,8 +43,9 @@ def _run(path, dtype="float64", compression="gzip", **kw):
     model = SelfAttention(beta=2.0, V=-np.eye(3), causal=True)
     x0 = uniform_sphere(2, 5, 3, seed=1)
     w = _writer(path, model, dtype=dtype, compression=compression, attrs={"t_end": 1.0}, **kw)
-    sol = solve(model, x0, 1.0, dt=0.05, save_at=11, observables=OBS, dtype=dtype, writer=w)
-    return model, sol
+    streamed = solve(model, x0, 1.0, dt=0.05, save_at=11, observables=OBS, dtype=dtype, writer=w)
+    assert streamed.x is None  # the writer keeps the states; compare with the same run kept in memory
+    return model, solve(model, x0, 1.0, dt=0.05, save_at=11, observables=OBS, dtype=dtype)
 
 
 def test_lookup3_reference_values():
@@ -155,7 +156,8 @@ def test_groups_hold_several_runs(tmp_path):
     sols = {}
     for g, seed in (("runs/a", 1), ("runs/b", 2)):
         w = RunWriter(path, model=model, method="rk4", dt=0.1, backend="numpy", group=g, seed=seed)
-        sols[g] = solve(model, uniform_sphere(1, 4, 3, seed=seed), 1.0, dt=0.1, save_at=3, writer=w)
+        solve(model, uniform_sphere(1, 4, 3, seed=seed), 1.0, dt=0.1, save_at=3, writer=w)
+        sols[g] = solve(model, uniform_sphere(1, 4, 3, seed=seed), 1.0, dt=0.1, save_at=3)
     assert list_runs(path) == ["/runs/a", "/runs/b"]
     for g, sol in sols.items():
         np.testing.assert_array_equal(read_run(path, g).state, sol.x)
