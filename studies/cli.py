@@ -62,4 +62,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # `python -m studies.cli`: run the imported module's main so that its UserError is the one the
+    # sub-commands raise (this file as __main__ would define a second, different class)
+    from studies.cli import main as _main
+
+    sys.exit(_main())

@@ -33,7 +33,7 @@ import numpy as np
 from particles.validation import ParameterError
 
 from .cli_simulate import RUN_OPTIONS, run_and_store
-from .config import Option, add_options, choice, integer, load_npy, real, resolve_options, text
+from .config import Option, add_options, choice, integer, load_npy, real, resolve_options, text, with_help
 
 __all__ = [
     "COV_OPTIONS", "MODELS", "USES", "build_model", "initial_covariance", "register_models"]
@@ -46,6 +46,11 @@ MODELS = {
     "residual-linear": "residual linear layer covariance SDE (Wishart-type)",
     "shaped-correlation": "m = 2 correlation SDE of the shaped MLP in artanh coordinates (LNR)",
 }
+#: --method help of the covariance SDEs: Ito equations, so no Stratonovich stepper
+METHOD_HELP = ("stepper: euler-maruyama (the default) or psd-euler-maruyama (projects V back onto the PSD cone "
+               "after each step). These are Ito SDEs: stratonovich-heun is refused")
+CORRELATION_METHOD_HELP = ("stepper: euler-maruyama (the only one: an Ito SDE for x = artanh(rho), so "
+                           "stratonovich-heun is refused, and psd-euler-maruyama is for matrices)")
 ARCHITECTURES = ("shaped-block", "shaped-attention", "shaped-mlp-residual", "residual-linear", "shaped-mlp",
                  "standard", "standard-preln")  # fmt: skip
 
@@ -81,7 +86,8 @@ NETWORK_OPTIONS: tuple[Option, ...] = (
 def register_models(subparsers) -> None:
     for name, help_ in MODELS.items():
         p = subparsers.add_parser(name, help=help_, description=f"Simulate the {help_}; write an HDF5 run.")
-        add_options(p, COV_OPTIONS + RUN_OPTIONS)
+        method_help = CORRELATION_METHOD_HELP if name == "shaped-correlation" else METHOD_HELP
+        add_options(p, COV_OPTIONS + with_help(RUN_OPTIONS, "method", method_help))
         p.set_defaults(func=run)
     p = subparsers.add_parser("finite-network", help="finite shaped/standard network at initialisation: V per layer",
                               description="Run a finite network (exact chain or plain torch weights); write V per layer.")  # fmt: skip

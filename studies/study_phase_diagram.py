@@ -42,19 +42,25 @@ _SMOKE = {
 }
 
 
-def spec_for(size: str):
-    """The sweep spec of this study at ``size`` (smoke, default or full)."""
+def spec_for(size: str, name: str = "phase_diagram"):
+    """The sweep spec of this study at ``size`` (smoke, default or full), named ``name``.
+
+    The name is the stem of the sweep folder and of the output files, so it is the
+    same at every size (``default`` for the README's study, else ``phase_diagram``).
+    """
+    rename = {"sweep": {"name": name}}
     if size == "full":
-        return study_spec("phase_diagram")
+        return study_spec("phase_diagram", rename)
     if size == "default":
-        return study_spec("default")
-    return study_spec("phase_diagram", _SMOKE)
+        return study_spec("default", rename)
+    return study_spec("phase_diagram", {**_SMOKE, "sweep": {**_SMOKE["sweep"], "name": name}})
 
 
-def run(out: Path, size: str = "full", executor=None, progress: bool = True) -> dict[str, list[Path]]:
-    """Sweep, merge and draw; returns the HDF5 file(s) and figure(s) written."""
+def run(out: Path, size: str = "full", executor=None, progress: bool = True,
+        name: str = "phase_diagram") -> dict[str, list[Path]]:
+    """Sweep, merge and draw ``out/<name>.h5`` and ``out/<name>.png``; returns their paths."""
     out = Path(out)
-    spec = spec_for(size)
+    spec = spec_for(size, name)
     h5 = sweep_and_merge(spec, out, executor, progress)
     fig = plot(h5, out / f"{spec.name}.png")
     return {"hdf5": [h5], "figure": [fig]}
