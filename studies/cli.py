@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-__all__ = ["main", "build_parser", "UserError"]
+__all__ = ["main", "build_parser", "UserError", "package_version"]
 
 # Modules that add sub-commands; each has register(subparsers).
 COMMAND_MODULES = (
@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "studies.cli_plot",
     "studies.cli_sweep",
     "studies.cli_study",
+    "studies.cli_warmup",
 )
 
 
@@ -27,11 +28,22 @@ class UserError(Exception):
     """An error caused by the user's input: reported without a traceback."""
 
 
+def package_version() -> str:
+    """The installed distribution's version ("0+unknown" in a source tree never installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("attnflow")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="attnflow",
         description="Transformers as interacting particle systems: simulate, sweep, store, plot.",
     )
+    parser.add_argument("--version", action="version", version=f"attnflow {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for mod_name in COMMAND_MODULES:

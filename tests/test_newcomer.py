@@ -117,3 +117,102 @@ def test_study_refuses_to_overwrite_and_uses_one_file_name(tmp_path):
     res = _cli("study", "default", "--smoke", "--out", str(tmp_path), "--no-progress", "--overwrite")
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "default.h5").stat().st_mtime_ns != before
+
+
+# ------------------------------------------------------------------ numba notice (point 6)
+_CORR_DRIFT = ("import numpy as np, attnflow as af; "
+               "print(af.CorrelationSDE(0.0, -1.0, 1.0, 1.0).numba_drift(0.0, np.full((2, 1), 0.3))[0, 0])")
+
+
+def _python(code: str, cache: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache), "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+
+
+def test_numba_notice_only_when_compiling(tmp_path):
+    from integrators._numba_notice import NOTICE
+
+    cold = _python(_CORR_DRIFT, tmp_path / "cache")
+    assert cold.returncode == 0, cold.stderr
+    assert cold.stderr.count(NOTICE) == 1  # once, before the compilation, on stderr
+    assert NOTICE not in cold.stdout
+    warm = _python(_CORR_DRIFT, tmp_path / "cache")  # same on-disk cache: loaded, not compiled
+    assert warm.returncode == 0 and NOTICE not in warm.stderr
+    assert warm.stdout == cold.stdout
+    numpy_only = _python("import numpy as np, attnflow as af; "
+                         "af.solve(af.SelfAttention(beta=1.0), af.uniform_sphere(1, 4, 3, seed=0), 0.1, dt=0.05)",
+                         tmp_path / "other")
+    assert numpy_only.returncode == 0 and NOTICE not in numpy_only.stderr
+
+
+def test_warmup_loads_every_kernel_entry_point():
+    from studies.warmup import kernel_dispatchers, warmup
+
+    res = warmup(("float64",))
+    kernels = kernel_dispatchers()
+    # the attention kernels (per-system and streamed), the covariance drift, diffusion, fused step,
+    # the correlation drift and the Philox normals all hold machine code afterwards
+    for short in ("_small_kernel", "_flash_kernel", "_drift_kernel", "_diffusion_kernel", "_em_kernel",
+                  "_corr_drift_kernel", "_fill"):
+        assert any(k.endswith("." + short) for k in kernels), short
+    assert res["kernels"] == len(kernels) >= 7 and res["cases"] >= 20
+
+
+@pytest.mark.slow
+def test_warmup_leaves_nothing_to_compile(tmp_path):
+    """After `attnflow warmup` into a fresh cache, the README's numba command and a covariance run compile nothing."""
+    from integrators._numba_notice import NOTICE
+
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
+    res = subprocess.run(CLI + ["warmup", "--quiet"], capture_output=True, text=True, timeout=1800, env=env, cwd=ROOT)
+    assert res.returncode == 0 and "warmup:" in res.stdout, res.stderr
+    for cmd in (["simulate", "sa", "--n", "16", "--d", "16", "--beta", "4", "--init", "orthogonal", "--t-end", "1",
+                 "--dt", "0.01", "--method", "rk4", "--backend", "numba", "--out", str(tmp_path / "a.h5")],
+                ["simulate", "shaped-block", "--backend", "numba", "--t-end", "0.1", "--dt", "0.01",
+                 "--out", str(tmp_path / "b.h5")],
+                ["simulate", "sa", "--kappa", "1", "--backend", "numba", "--dtype", "float32", "--t-end", "0.1",
+                 "--dt", "0.01", "--out", str(tmp_path / "c.h5")]):
+        run = subprocess.run(CLI + cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+        assert run.returncode == 0, run.stderr
+        assert NOTICE not in run.stderr, cmd
+
+
+# -------------------------------------------------------------- version, package (point 7)
+def test_version_flag_prints_the_package_version():
+    import attnflow
+
+    res = _cli("--version")
+    assert res.returncode == 0
+    assert res.stdout.strip() == f"attnflow {attnflow.__version__}"
+    assert attnflow.__version__ != "0+unknown"  # the tests run on an installed (editable) package
+
+
+def test_import_attnflow_exposes_the_public_api():
+    import numpy as np
+
+    import attnflow as af
+    import integrators
+    import particles
+    from particles import signalprop
+
+    assert af.solve is integrators.solve and af.SelfAttention is particles.SelfAttention
+    assert af.ShapedBlockSDE is particles.covariance.ShapedBlockSDE and af.block_map is signalprop.block_map
+    assert set(af.__all__) <= set(dir(af)) and len(af.__all__) == len(set(af.__all__))
+    x0 = af.uniform_sphere(batch=2, n=6, d=3, seed=1)
+    ref = integrators.solve(particles.SelfAttention(beta=2.0), x0, 1.0, dt=0.05, method="rk4")
+    sol = af.solve(af.SelfAttention(beta=2.0), x0, 1.0, dt=0.05, method="rk4")
+    assert np.array_equal(sol.x, ref.x)
+
+
+def test_distribution_files():
+    import tomllib
+
+    py = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "attnflow*" in py["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert "py.typed" in py["tool"]["setuptools"]["package-data"]["*"]
+    for pkg in ("attnflow", "particles", "integrators", "studies"):
+        assert (ROOT / pkg / "py.typed").is_file()
+    licence = (ROOT / "LICENSE").read_text()
+    assert licence.startswith("MIT License") and py["project"]["license"]["text"] == "MIT"
+    assert "## 0.1.0" in (ROOT / "CHANGELOG.md").read_text()
+    assert "runs/" in (ROOT / ".gitignore").read_text().splitlines()
