@@ -216,3 +216,90 @@ def test_distribution_files():
     assert licence.startswith("MIT License") and py["project"]["license"]["text"] == "MIT"
     assert "## 0.1.0" in (ROOT / "CHANGELOG.md").read_text()
     assert "runs/" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+# ------------------------------------------------------------------------- figures (point 8)
+@pytest.fixture
+def saved_figures(monkeypatch):
+    """Every matplotlib figure saved during the test (the figure functions close theirs)."""
+    from matplotlib.figure import Figure
+
+    figs = []
+    original = Figure.savefig
+
+    def keep(self, *args, **kwargs):
+        figs.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    return figs
+
+
+def test_run_figure_time_axes_ticks_and_labels(tmp_path, saved_figures):
+    from studies.figures.flow import plot_run
+    from studies.store import read_run
+
+    out = tmp_path / "run.h5"
+    res = _cli("simulate", "sa", "--n", "8", "--d", "3", "--beta", "4", "--t-end", "4", "--dt", "0.05",
+               "--method", "rk4", "--save-times", "1,2,4", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    plot_run(read_run(out), tmp_path / "run.png")
+    fig = saved_figures[-1]
+    sphere, heat, clusters, energy_ax = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"][:4]
+    for ax in (heat, clusters, energy_ax):  # one time axis for every time panel: the saved span
+        assert ax.get_xlim() == pytest.approx((1.0, 4.0))
+    ticks = [v for v in clusters.get_yticks() if clusters.get_ylim()[0] <= v <= clusters.get_ylim()[1]]
+    assert ticks and all(float(v).is_integer() for v in ticks)
+    assert sphere.get_xlabel() and sphere.get_ylabel() and sphere.get_zlabel()
+    notes = [clusters.get_title(loc="right"), energy_ax.get_title(loc="right")]
+    assert all(n in ("observable read from the file", "computed from the stored states") or
+               n.startswith("computed from the stored states") for n in notes), notes
+
+
+def test_constant_cluster_count_still_has_integer_ticks(tmp_path, saved_figures):
+    from studies.figures.flow import plot_run
+    from studies.store import read_run
+
+    out = tmp_path / "run.h5"  # orthogonal start in d = 8: no pair merges by t = 1, the count stays 8
+    res = _cli("simulate", "sa", "--n", "8", "--d", "8", "--init", "orthogonal", "--t-end", "1", "--dt", "0.05",
+               "--method", "rk4", "--n-saves", "5", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    plot_run(read_run(out), tmp_path / "run.png")
+    clusters = [ax for ax in saved_figures[-1].axes if ax.get_ylabel() == "number of clusters"][0]
+    lo, hi = clusters.get_ylim()
+    ticks = [v for v in clusters.get_yticks() if lo <= v <= hi]
+    assert 8 in ticks and all(float(v).is_integer() for v in ticks)
+
+
+def test_trainability_title_says_why_the_fit_is_missing(tmp_path, saved_figures):
+    import h5py
+    import numpy as np
+
+    from studies.study_trainability import plot
+
+    h5 = tmp_path / "t.h5"
+    with h5py.File(h5, "w") as f:  # four models: too few for the six coefficients of the quadratic fit
+        g = f.create_group("models")
+        g["lambda_a"], g["lambda_g"], g["final_loss"] = [-1.0, -0.5, 0.0, 0.2], [0.1, 0.6, 0.0, 0.1], [1.6, 1.8, 1.9, 2.0]
+        g["held_out_loss"], g["log_step"] = np.linspace(2.2, 1.6, 16).reshape(4, 4), [0, 4, 8, 12]
+        f.attrs.update(r2_quadratic=np.nan, r2_quadratic_loo=np.nan, task="reverse", vocab=6)
+    plot(h5, tmp_path / "t.png")
+    fit_ax, loss_ax = [ax for ax in saved_figures[-1].axes if ax.get_label() != "<colorbar>"][:2]
+    assert "nan" not in fit_ax.get_title() and "n/a (4 models for its 6 coefficients)" in fit_ax.get_title()
+    labels = [t.get_text() for t in loss_ax.get_legend().get_texts()]
+    assert any("colour = final loss" in t for t in labels) and any("chance level" in t for t in labels)
+
+
+def test_simulate_progress_bar_rounds_times(capsys, monkeypatch):
+    import tqdm.auto
+
+    import attnflow as af
+
+    class EveryStep(tqdm.auto.tqdm):  # redraw at every update, not every 0.1 s
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, mininterval=0, miniters=1e-9, **kwargs)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", EveryStep)
+    af.solve(af.SelfAttention(beta=1.0), af.uniform_sphere(1, 4, 3, seed=0), 0.3, dt=0.1, progress=True)
+    err = capsys.readouterr().err
+    assert "t = 0.3/0.3" in err and "0000000" not in err  # 0.1 + 0.1 + 0.1 = 0.30000000000000004
