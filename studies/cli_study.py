@@ -61,7 +61,7 @@ STUDIES: dict[str, StudyEntry] = {
                            frozenset({"smoke", "default"}), ("high_dim.h5", "high_dim.png")),
     "cov": StudyEntry("studies.cov_study", "full", {"smoke": 17, "default": 180, "full": 1800},
                       frozenset({"smoke"}), ("cov_study.h5", "cov_density.png", "cov_ks.png", "cov_collapse.png")),
-    "signalprop": StudyEntry("studies.study_signalprop", "full", {"smoke": 5, "default": 60, "full": 300},
+    "signalprop": StudyEntry("studies.study_signalprop", "full", {"smoke": 5, "default": 150, "full": 900},
                              frozenset({"smoke"}),
                              ("signalprop.h5", "signalprop_trajectories.png", "signalprop_phase.png")),
     "trainability": StudyEntry("studies.study_trainability", "full", {"smoke": 7, "default": 90, "full": 960},
