@@ -106,15 +106,19 @@ def test_phase_diagram_file_names_do_not_depend_on_the_size():
 
 
 def test_study_refuses_to_overwrite_and_uses_one_file_name(tmp_path):
-    res = _cli("study", "default", "--smoke", "--out", str(tmp_path), "--no-progress", "--workers", "2")
+    res = _cli("study", "default", "--smoke", "--out", str(tmp_path), "--no-progress", "--executor", "serial")
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "default.h5").is_file() and (tmp_path / "default.png").is_file()
     assert not (tmp_path / "phase_diagram.h5").exists()  # the smoke size writes the full size's name
+    from PIL import Image
+
+    width, height = Image.open(tmp_path / "default.png").size
+    assert width < 2 * height  # panels wrap: no long strip of heat maps
     before = (tmp_path / "default.h5").stat().st_mtime_ns
     res = _cli("study", "default", "--smoke", "--out", str(tmp_path), "--no-progress")
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and "--overwrite" in res.stderr
     assert (tmp_path / "default.h5").stat().st_mtime_ns == before
-    res = _cli("study", "default", "--smoke", "--out", str(tmp_path), "--no-progress", "--overwrite")
+    res = _cli("study", "default", "--smoke", "--out", str(tmp_path), "--no-progress", "--overwrite", "--executor", "serial")
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "default.h5").stat().st_mtime_ns != before
 
