@@ -103,7 +103,7 @@ def study_outputs(name: str, out: Path) -> list[Path]:
     return [Path(out) / f for f in STUDIES[name].outputs]
 
 
-def chosen_size(name: str, args) -> str:
+def chosen_size(name: str, args: argparse.Namespace) -> str:
     """The size to run (--smoke, --size or the study's default); a long full size must be asked for by name."""
     from .cli import UserError
 
@@ -120,7 +120,7 @@ def chosen_size(name: str, args) -> str:
     return size
 
 
-def _run(args) -> int:
+def _run(args: argparse.Namespace) -> int:
     from .cli import UserError
     from .study_common import run_from_args
 
@@ -140,7 +140,7 @@ def _run(args) -> int:
     return 0
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     from .study_common import add_study_options
 
     p = subparsers.add_parser("study", help="run a named study (sweep + merge + figure)", description=__doc__,

@@ -12,7 +12,7 @@ import argparse
 __all__ = ["register"]
 
 
-def _run(args) -> int:
+def _run(args: argparse.Namespace) -> int:
     from .warmup import warmup
 
     dtypes = ("float64", "float32") if args.dtype == "both" else (args.dtype,)
@@ -22,7 +22,7 @@ def _run(args) -> int:
     return 0
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("warmup", help="compile and cache every numba kernel (before a cluster job)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dtype", choices=("both", "float64", "float32"), default="both",

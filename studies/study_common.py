@@ -15,7 +15,7 @@ import argparse
 import sys
 import tomllib
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from .sweep import DaskExecutor, LocalExecutor, SerialExecutor, merge_sweep, parse_spec, run_sweep
 from .sweep.spec import SweepSpec, to_toml
@@ -42,7 +42,7 @@ def study_spec(base: str, overrides: dict | None = None) -> SweepSpec:
     return parse_spec(tomllib.loads(text), source=str(SPEC_DIR / f"{base}.toml"), text=text)
 
 
-def sweep_and_merge(spec: SweepSpec, out: Path, executor=None, progress: bool = True) -> Path:
+def sweep_and_merge(spec: SweepSpec, out: Path, executor: Any = None, progress: bool = True) -> Path:
     """Run (resuming) the sweep under ``out/sweeps/<name>`` and merge it into ``out/<name>.h5``."""
     store = Path(out) / "sweeps" / spec.name
     res = run_sweep(spec, store, executor=executor, resume=True, progress=progress)
@@ -87,7 +87,8 @@ def check_outputs(outputs: Sequence[Path], overwrite: bool) -> None:
         raise ParameterError("overwrite", f"{names} exist(s); pass --overwrite to replace, or choose another --out")
 
 
-def run_from_args(run: Callable, args, default_size: str = "full", outputs: Sequence[Path] = ()) -> dict:
+def run_from_args(run: Callable, args: argparse.Namespace, default_size: str = "full",
+                  outputs: Sequence[Path] = ()) -> dict:
     """Call a study's ``run(out, size, executor, progress)`` from parsed options.
 
     ``outputs`` are the files the study writes: if one exists, the study refuses to
@@ -106,7 +107,7 @@ def run_from_args(run: Callable, args, default_size: str = "full", outputs: Sequ
         executor.close()
 
 
-def study_main(name: str, run: Callable, doc: str, argv=None) -> int:
+def study_main(name: str, run: Callable, doc: str, argv: Sequence[str] | None = None) -> int:
     """``python -m studies.study_X [--smoke] [--out DIR] ...``."""
     from particles.validation import ParameterError
 

@@ -16,6 +16,7 @@ Transformers", arXiv:2312.10794, Fig. 3, Thm 6.8 (eq. 6.9).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from particles.validation import ParameterError
 
@@ -28,7 +29,7 @@ __all__ = ["run", "NAME"]
 NAME = "default"
 
 
-def run(out: Path, size: str = "default", executor=None, progress: bool = True) -> dict[str, list[Path]]:
+def run(out: Path, size: str = "default", executor: Any = None, progress: bool = True) -> dict[str, list[Path]]:
     """Sweep, merge and draw ``out/default.h5`` and ``out/default.png``; returns their paths."""
     if size == "full":
         raise ParameterError("size", "the default study has sizes smoke and default; the full phase diagram is "

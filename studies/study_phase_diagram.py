@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from particles.flow_theory import equiangular_hitting_time
 from .study_common import study_main, study_spec, sweep_and_merge
 from .sweep import load_study
+from .sweep.spec import SweepSpec
 
 __all__ = ["run", "plot", "spec_for"]
 
@@ -42,7 +44,7 @@ _SMOKE = {
 }
 
 
-def spec_for(size: str, name: str = "phase_diagram"):
+def spec_for(size: str, name: str = "phase_diagram") -> SweepSpec:
     """The sweep spec of this study at ``size`` (smoke, default or full), named ``name``.
 
     The name is the stem of the sweep folder and of the output files, so it is the
@@ -56,7 +58,7 @@ def spec_for(size: str, name: str = "phase_diagram"):
     return study_spec("phase_diagram", {**_SMOKE, "sweep": {**_SMOKE["sweep"], "name": name}})
 
 
-def run(out: Path, size: str = "full", executor=None, progress: bool = True,
+def run(out: Path, size: str = "full", executor: Any = None, progress: bool = True,
         name: str = "phase_diagram") -> dict[str, list[Path]]:
     """Sweep, merge and draw ``out/<name>.h5`` and ``out/<name>.png``; returns their paths."""
     out = Path(out)
