@@ -6,6 +6,9 @@ from .controller import PIController
 from .registry import STEPPERS, Stepper, get_stepper, register
 from .solution import Solution
 from .solve import solve
+from ._numba_notice import install_compile_notice
+
+install_compile_notice()  # one line on stderr before a kernel compiles (cold numba cache)
 
 __all__ = [
     "solve",

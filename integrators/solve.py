@@ -298,7 +298,8 @@ def solve(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=t_end - t0, unit="t", desc=f"{stepper.name}/{be.name}", leave=False)
+        bar = tqdm(total=t_end - t0, unit="t", desc=f"{stepper.name}/{be.name}", leave=False,  # times to 4 digits
+                   bar_format="{l_bar}{bar}| t = {n:.4g}/{total:.4g} [{elapsed}<{remaining}]")
     wall = _time.perf_counter()
     status = "complete"
     try:

@@ -43,6 +43,8 @@ class CorrelationSDE:
     drift_scale : a (1 for LNR's MLP, gamma^2 for a residual MLP sub-block).
     k : diffusion multiplier of Sigma_lin (1 for LNR, 2 gamma^2 for a residual MLP).
 
+    Notes
+    -----
     State shape (batch, 1): x = artanh(rho). Use :func:`correlation_sde` to build it from a
     matrix model, ``np.arctanh`` / ``np.tanh`` to convert.
     """

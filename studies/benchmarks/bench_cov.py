@@ -1,4 +1,4 @@
-"""Performance of the covariance SDEs and finite networks (issue 3), every ratio from one run.
+"""Performance of the covariance SDEs and finite networks, every ratio from one run.
 
     python -m studies.benchmarks.bench_cov [--quick] [--out FILE]
 
@@ -10,7 +10,7 @@
    the 64 x 128 diffusion matrix per path is never built). Reported: seconds, seconds per
    step, ratios torchsde / ours, and the two-sample KS p-values of rho^{12}_T between the
    three (they must agree in law), over the paths every solver keeps by one rule
-   (``_kept``). Target in the issue: >= 10x. For transparency also torchsde fed our
+   (``_kept``). Target: >= 10x. For transparency also torchsde fed our
    increments (``brownian=``): that ratio is the solver overhead alone, without the cost
    of torchsde's Brownian interval tree, which grows with the number of steps.
 2. The finite shaped transformer, n = 512, m = 8, d = 512 blocks, batch 64: the exact

@@ -1,4 +1,4 @@
-"""Performance of the attention flow (issue 2), every ratio from one run.
+"""Performance of the attention flow, every ratio from one run.
 
     python -m studies.benchmarks.bench_flow [--quick] [--out FILE]
 

@@ -1,4 +1,4 @@
-"""GPU performance against the peers on the same GPU (issue 11), every ratio from one run.
+"""GPU performance against the peers on the same GPU, every ratio from one run.
 
     python -m studies.benchmarks.bench_gpu [--quick] [--out FILE]
 

@@ -1,4 +1,4 @@
-"""Performance of the signal-propagation maps against finite-network measurements (issue 5).
+"""Performance of the signal-propagation maps against finite-network measurements.
 
     python -m studies.benchmarks.bench_signalprop [--quick] [--out FILE]
 

@@ -1,10 +1,10 @@
-"""Size and speed of streamed HDF5 runs per compression (issue 12, point 1).
+"""Size and speed of streamed HDF5 runs per compression: file size over data size, and time against no compression.
 
     python -m studies.benchmarks.bench_store [--repeats R] [--out FILE]
 
 Writes random-walk trajectories on the sphere through :class:`studies.store.RunWriter`
 (SWMR, a flush per save, as ``attnflow simulate`` does) with two observables per
-save, for the cases of the issue: (batch, n, d, saves) = (4, 32, 3, 1001), (8, 128, 3, 301)
+save, for three cases: (batch, n, d, saves) = (4, 32, 3, 1001), (8, 128, 3, 301)
 and (16, 8, 8, 101) (a shaped-block-sized state). Reported per case and compression: the
 best of ``repeats`` wall times, its ratio to ``none``, the data bytes (every dataset's
 values) and the file size over the data. Targets: file <= 1.2x data; ``none`` is the

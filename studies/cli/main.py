@@ -14,7 +14,7 @@ import sys
 
 from studies.errors import UserError
 
-__all__ = ["main", "build_parser", "UserError"]
+__all__ = ["main", "build_parser", "UserError", "package_version"]
 
 # Modules that add sub-commands; each has register(subparsers).
 COMMAND_MODULES = (
@@ -23,7 +23,18 @@ COMMAND_MODULES = (
     "studies.cli.plot",
     "studies.cli.sweep",
     "studies.cli.study",
+    "studies.cli.warmup",
 )
+
+
+def package_version() -> str:
+    """The installed distribution's version ("0+unknown" in a source tree never installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("attnflow")
+    except PackageNotFoundError:
+        return "0+unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="attnflow",
         description="Transformers as interacting particle systems: simulate, sweep, store, plot.",
     )
+    parser.add_argument("--version", action="version", version=f"attnflow {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for mod_name in COMMAND_MODULES:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import math
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -37,6 +37,7 @@ __all__ = [
     "name_list",
     "boolean",
     "exit_threshold",
+    "with_help",
 ]
 
 Converter = Callable[[str, Any], Any]
@@ -70,6 +71,13 @@ class Option:
     @property
     def dest(self) -> str:
         return self.name.replace("-", "_")
+
+
+def with_help(options: Sequence[Option], name: str, help: str) -> tuple[Option, ...]:
+    """``options`` with the help text of option ``name`` replaced (e.g. a family's own --method default)."""
+    if name not in {o.name for o in options}:
+        raise KeyError(f"no option {name!r}")
+    return tuple(replace(o, help=help) if o.name == name else o for o in options)
 
 
 # ---------------------------------------------------------------- converters

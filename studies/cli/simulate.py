@@ -49,8 +49,7 @@ RUN_OPTIONS: tuple[Option, ...] = (
            metavar="FILE"),
     Option("t-end", real(0.0, strict=True), 10.0, "final time T"),
     Option("dt", real(0.0, strict=True), 0.01, "step size (first trial step of adaptive methods)"),
-    Option("method", text, None, "stepper: " + ", ".join(STEPPERS) + " (default: rk4 for ODEs, stratonovich-heun "
-           "for SDEs)"),
+    Option("method", text, None, "stepper: " + ", ".join(STEPPERS) + " (default: the model's, see its --help)"),
     Option("backend", text, "numpy", "numpy, numba or torch"),
     Option("dtype", text, "float64", "float64 or float32"),
     Option("device", text, None, "torch device (cpu, cuda, cuda:1); torch backend only"),

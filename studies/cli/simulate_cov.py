@@ -35,7 +35,7 @@ import numpy as np
 from integrators.validation import ParameterError
 
 from studies.cli.simulate import RUN_OPTIONS, run_and_store, with_observables
-from studies.cli.options import Option, add_options, choice, integer, load_npy, real, resolve_options, text
+from studies.cli.options import Option, add_options, choice, integer, load_npy, real, resolve_options, text, with_help
 
 __all__ = [
     "COV_OPTIONS", "EXIT_THRESHOLD", "MODELS", "USES", "build_model", "initial_covariance", "register_models"]
@@ -51,6 +51,11 @@ MODELS = {
 #: default --exit-threshold: far above any covariance these models reach before they blow up
 #: (entries O(1)-O(10)), far below the 1e100-1e300 a runaway path reaches before it overflows
 EXIT_THRESHOLD = 1e6
+#: --method help of the covariance SDEs: Ito equations, so no Stratonovich stepper
+METHOD_HELP = ("stepper: euler-maruyama (the default) or psd-euler-maruyama (projects V back onto the PSD cone "
+               "after each step). These are Ito SDEs: stratonovich-heun is refused")
+CORRELATION_METHOD_HELP = ("stepper: euler-maruyama (the only one: an Ito SDE for x = artanh(rho), so "
+                           "stratonovich-heun is refused, and psd-euler-maruyama is for matrices)")
 ARCHITECTURES = ("shaped-block", "shaped-attention", "shaped-mlp-residual", "residual-linear", "shaped-mlp",
                  "standard", "standard-preln")  # fmt: skip
 
@@ -94,7 +99,9 @@ def _observable_names(name: str) -> list[str]:
 def register_models(subparsers) -> None:
     for name, help_ in MODELS.items():
         p = subparsers.add_parser(name, help=help_, description=f"Simulate the {help_}; write an HDF5 run.")
-        add_options(p, COV_OPTIONS + with_observables(RUN_OPTIONS, _observable_names(name), "none; V is stored"))
+        method_help = CORRELATION_METHOD_HELP if name == "shaped-correlation" else METHOD_HELP
+        options = with_observables(RUN_OPTIONS, _observable_names(name), "none; V is stored")
+        add_options(p, COV_OPTIONS + with_help(options, "method", method_help))
         p.set_defaults(func=run)
     p = subparsers.add_parser("finite-network", help="finite shaped/standard network at initialisation: V per layer",
                               description="Run a finite network (exact chain or plain torch weights); write V per layer.")  # fmt: skip

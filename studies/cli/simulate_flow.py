@@ -27,7 +27,7 @@ import numpy as np
 from integrators.validation import ParameterError
 
 from studies.cli.simulate import RUN_OPTIONS, run_and_store
-from studies.cli.options import Option, add_options, choice, integer, load_npy, real, resolve_options, text
+from studies.cli.options import Option, add_options, choice, integer, load_npy, real, resolve_options, text, with_help
 
 __all__ = ["register_models", "FLOW_OPTIONS", "MODELS", "build_model", "initial_state", "noise_seed"]
 
@@ -36,6 +36,9 @@ MODELS = {
     "usa": "unnormalised self-attention, Z_i = n (GLPR 3.3)",
     "usa-meta": "unnormalised self-attention, exp(beta(<x_i,x_j> - 1))/n (META)",
 }
+#: --method help of the flow models (the defaults are those of :func:`run`)
+METHOD_HELP = ("stepper. Without --kappa (an ODE): euler, lie-euler, heun, midpoint, rk4 (the default) or dopri5 "
+               "(adaptive). With --kappa (an SDE on the sphere): stratonovich-heun (the default) or euler-maruyama")
 INITS = ("uniform", "orthogonal", "basis", "equiangular", "hemisphere")
 HIST_BINS = 50
 
@@ -72,7 +75,7 @@ FLOW_OPTIONS: tuple[Option, ...] = (
 def register_models(subparsers) -> None:
     for name, help_ in MODELS.items():
         p = subparsers.add_parser(name, help=help_, description=f"Simulate the {help_}; write an HDF5 run.")
-        add_options(p, FLOW_OPTIONS + RUN_OPTIONS)
+        add_options(p, FLOW_OPTIONS + with_help(RUN_OPTIONS, "method", METHOD_HELP))
         p.set_defaults(func=run)
 
 

@@ -1,12 +1,15 @@
 """``attnflow study NAME [--smoke | --size S] [--out DIR]``: run a named study end to end.
 
-A study sweeps (on the local executor by default, resuming), merges the shards
-into HDF5 study files and draws its figure(s) into ``--out``. ``default`` is the
-small phase diagram of the README's main command (about a minute on 2 cores).
+A study sweeps its parameters (with the local process pool unless --executor says
+otherwise), merges the results into HDF5 files and draws its figures into --out
+(default runs/NAME). Each study has three sizes: smoke (seconds), default (minutes)
+and full (the published size). `attnflow study list` shows every size with its
+time on a 2-core machine.
 
-Adding a study is one line in :data:`STUDIES`: ``"name": ("module", "size")``,
-where the module has ``run(out, size, executor=None, progress=True) -> dict``
-and a module docstring (shown by ``attnflow study list``).
+`attnflow study default` is the README's main command: a small phase diagram,
+about 3 minutes on 2 cores. A full size that takes longer than 10 minutes runs
+only when asked for by name (--size full). An interrupted study resumes where it
+stopped when run again; finished outputs are replaced only with --overwrite.
 """
 
 from __future__ import annotations
@@ -15,47 +18,56 @@ import argparse
 import importlib
 from pathlib import Path
 
+from studies.papers.registry import LONG_S, STUDIES, StudyEntry, chosen_size, format_duration, study_outputs
+
 __all__ = ["register", "STUDIES"]
 
-#: name -> (module, size used when neither --smoke nor --size is given)
-STUDIES: dict[str, tuple[str, str]] = {
-    "default": ("studies.papers.phase_diagram", "default"),
-    "phase-diagram": ("studies.papers.phase_diagram", "full"),
-    "metastability": ("studies.papers.metastability", "full"),
-    "collapse": ("studies.papers.collapse", "full"),
-    "high-dim": ("studies.papers.high_dim", "full"),
-    "cov": ("studies.papers.cov", "full"),
-    "signalprop": ("studies.papers.signalprop", "full"),
-    "trainability": ("studies.papers.trainability", "full"),
-}
+
+def _size_line(entry: StudyEntry) -> str:
+    parts = []
+    for size, s in entry.seconds.items():
+        notes = ["measured" if size in entry.measured else "estimate"]
+        if size == "full" and s > LONG_S:
+            notes.append("only with --size full")
+        elif size == entry.default_size:
+            notes.append("runs without --size")
+        parts.append(f"{size} {format_duration(s)} ({', '.join(notes)})")
+    return "; ".join(parts)
 
 
-def _run(args) -> int:
+def _list() -> None:
+    print("Named studies; times are wall times on a 2-core machine (run one with `attnflow study NAME --smoke`):")
+    for name, entry in STUDIES.items():
+        doc = (importlib.import_module(entry.module).__doc__ or "").strip().splitlines()[0]
+        print(f"{name:14s} {doc}")
+        print(f"{'':14s}   sizes: {_size_line(entry)}")
+
+
+def _run(args: argparse.Namespace) -> int:
     from studies.errors import UserError
     from studies.papers.common import run_from_args
 
     if args.name == "list":
-        for name, (mod, size) in STUDIES.items():
-            doc = (importlib.import_module(mod).__doc__ or "").strip().splitlines()[0]
-            print(f"{name:16s} {doc} [{size}]")
+        _list()
         return 0
     if args.name not in STUDIES:
         raise UserError(f"unknown study {args.name!r}; known: {', '.join(STUDIES)} (or 'list')")
-    mod_name, default_size = STUDIES[args.name]
-    mod = importlib.import_module(mod_name)
+    entry = STUDIES[args.name]
+    size = chosen_size(args.name, args)
     args.out = args.out or f"runs/{args.name}"
-    paths = run_from_args(mod.run, args, default_size)
+    mod = importlib.import_module(entry.module)
+    paths = run_from_args(mod.run, args, size, outputs=study_outputs(args.name, Path(args.out)))
     for kind, items in paths.items():
         for item in items:
             print(f"{kind}: {Path(item)}")
     return 0
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     from studies.papers.common import add_study_options
 
     p = subparsers.add_parser("study", help="run a named study (sweep + merge + figure)", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("name", help=f"one of: {', '.join(STUDIES)}, or 'list'")
+    p.add_argument("name", help=f"one of: {', '.join(STUDIES)}, or 'list' (each with its sizes and times)")
     add_study_options(p)
     p.set_defaults(func=_run)

@@ -4,8 +4,10 @@ Four panels: the tokens' trajectories (on the circle for d = 2, on the sphere
 for d = 3; the final Gram matrix for d > 3), the histogram of the pairwise inner
 products <x_i, x_j> over time (a heatmap), the number of clusters and the
 energy E_beta = (1/(2 beta n^2)) sum_{ij} exp(beta <x_i, x_j>) (GLPR eq. 3.5)
-over time. Quantities not stored as observables are computed from the stored
-states when there are any.
+over time, all three on the same time axis (first to last save). Quantities not
+stored as observables are computed from the stored states when there are any; the
+small grey note above a panel says which ("observable read from the file" or
+"computed from the stored states").
 """
 
 from __future__ import annotations
@@ -49,14 +51,14 @@ def _pair_histogram(run) -> tuple[np.ndarray | None, str]:
         h = np.stack([np.histogram(np.clip(pair_inner_products(xt), -1, 1), _BINS, density=True)[0] for xt in x])
         return h, label
     if "pair_histogram" in run.observables:
-        return run.observables["pair_histogram"].mean(axis=1), "stored, mean over systems"
+        return run.observables["pair_histogram"].mean(axis=1), "observable read from the file, mean over systems"
     return None, ""
 
 
 def _series(run, name: str):
     """A stored (time, batch) observable, or one computed from the states; None if neither."""
     if name in run.observables:
-        return np.asarray(run.observables[name], dtype=float), "stored"
+        return np.asarray(run.observables[name], dtype=float), "observable read from the file"
     x = run.state
     if x is None or np.prod(x.shape[:3], dtype=float) * x.shape[2] > _MAX_WORK:
         return None, ""
@@ -64,8 +66,9 @@ def _series(run, name: str):
         beta = float(run.params.get("beta", 0.0))
         if beta <= 0:
             return None, ""
-        return np.stack([energy(xt, beta=beta) for xt in x]), "from states"
-    return np.stack([cluster_count(xt) for xt in x]).astype(float), r"from states, $\langle x_i, x_j \rangle > 1 - 10^{-3}$"
+        return np.stack([energy(xt, beta=beta) for xt in x]), "computed from the stored states"
+    return (np.stack([cluster_count(xt) for xt in x]).astype(float),
+            r"computed from the stored states, $\langle x_i, x_j \rangle > 1 - 10^{-3}$")
 
 
 def _draw_series(ax, t, y, ylabel, note, step=False):
@@ -75,9 +78,10 @@ def _draw_series(ax, t, y, ylabel, note, step=False):
         ax.set_axis_off()
         return
     draw = (lambda a, b, **k: ax.step(a, b, where="post", **k)) if step else ax.plot
+    dots = {"marker": "o", "ms": 3} if len(t) <= 25 else {}  # few saves: show where they are
     if y.shape[1] <= 8:
         for b in range(y.shape[1]):
-            draw(t, y[:, b], lw=1.5, label=f"system {b}" if y.shape[1] > 1 else None)
+            draw(t, y[:, b], lw=1.5, label=f"system {b}" if y.shape[1] > 1 else None, **dots)
         if y.shape[1] > 1:
             ax.legend(fontsize=7, frameon=False)
     else:
@@ -86,13 +90,22 @@ def _draw_series(ax, t, y, ylabel, note, step=False):
         ax.legend(fontsize=7, frameon=False)
     ax.set_xlabel("t")
     ax.set_ylabel(ylabel)
-    if step:
+    _time_axis(ax, t)
+    if step:  # counts: integer ticks, even when the count is constant (one integer in view)
         from matplotlib.ticker import MaxNLocator
 
-        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        lo, hi = np.nanmin(y), np.nanmax(y)
+        ax.set_ylim(max(0.0, lo - 1.0), hi + 1.0)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     if note:
         ax.set_title(note, fontsize=8, color="0.35", loc="right")
     ax.grid(alpha=0.3)
+
+
+def _time_axis(ax, t: np.ndarray) -> None:
+    """The time axis of every time panel: exactly the saved span, so the panels line up."""
+    if len(t) > 1:
+        ax.set_xlim(t[0], t[-1])
 
 
 def _token_colors(n: int):
@@ -138,6 +151,8 @@ def _draw_sphere(ax, x):
     ax.set_yticks([-1, 0, 1])
     ax.set_zticks([-1, 0, 1])
     ax.tick_params(labelsize=7)
+    for axis, name in zip("xyz", ("$x_1$", "$x_2$", "$x_3$")):
+        getattr(ax, f"set_{axis}label")(name, fontsize=8, labelpad=2)
     ax.legend(fontsize=7, loc="upper left", frameon=False)
 
 
@@ -195,6 +210,7 @@ def plot_run(run, out: str | Path, system: int = 0) -> Path:
         vmax = float(masked.max()) if masked.count() else 1.0
         im = ax1.pcolormesh(_edges(t), _BINS, masked, cmap="magma", norm=LogNorm(vmin=max(vmax * 1e-4, 1e-3), vmax=vmax))
         fig.colorbar(im, ax=ax1, label="density")
+        _time_axis(ax1, t)  # cells are centred on the saves: clip the half cells beyond the first and last
         ax1.set_xlabel("t")
         ax1.set_ylabel(r"$\langle x_i, x_j \rangle$,  $i < j$")
         ax1.set_title("pairwise inner products" + (f" ({note})" if note else ""))

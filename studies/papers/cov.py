@@ -236,6 +236,7 @@ def plot(study_file: Path, out: Path) -> list[Path]:
     ax.loglog(widths[~chain], ks[~chain], "s", label="plain network")
     ax.set_xlabel("width n")
     ax.set_ylabel(r"KS statistic of $\rho^{12}_T$ vs SDE")
+    ax.set_title("finite networks approach the SDE as the width grows", fontsize=10)
     ax.legend()
     paths.append(out / "cov_ks.png")
     fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
@@ -244,8 +245,9 @@ def plot(study_file: Path, out: Path) -> list[Path]:
     for a, mr in zip(archs, mean_rho):
         ax.plot(layers, mr, label=a)
     ax.set_xlabel("layer")
-    ax.set_ylabel(r"mean $\rho$")
+    ax.set_ylabel(r"mean $\rho$ (off-diagonal correlation)")
     ax.set_ylim(-0.05, 1.05)
+    ax.set_title("rank collapse: mean token correlation over depth,\nattention-only residual networks", fontsize=10)
     ax.legend()
     paths.append(out / "cov_collapse.png")
     fig.savefig(paths[-1], dpi=120, bbox_inches="tight")

@@ -116,6 +116,7 @@ def plot(traj_file: Path, caps_file: Path, fits: list[dict], figure: Path) -> Pa
         ax1.plot(t, med, color=colors[i % 5], label=rf"$\beta$ = {b:g}")
         ax1.fill_between(t, lo, hi, color=colors[i % 5], alpha=0.2, lw=0)
     ax1.set_yscale("log")
+    _count_ticks(ax1)
     ax1.set_xlabel("t")
     ax1.set_ylabel("clusters (median, IQR)")
     ax1.set_title("cluster count, d = 2 (GLPR Fig. 4)", fontsize=10)
@@ -147,6 +148,7 @@ def plot(traj_file: Path, caps_file: Path, fits: list[dict], figure: Path) -> Pa
             ax3.plot(fine, np.exp(fit["intercept_log_T"] + fit["slope_log_T"] * fine), color=c, ls=":", lw=1,
                      label=f"fit: slope {fit['slope_log_T']:.3f} (log βT: {fit['slope_log_beta_T']:.3f})")
     ax3.set_yscale("log")
+    _plain_log_labels(ax3)
     ax3.set_xlabel(r"$\beta$")
     ax3.set_ylabel("merge time")
     ax3.set_title(rf"two caps, $\rho_0$ = {rho0:g}: slope $\to 1-\rho_0$ = {1 - rho0:g}", fontsize=10)
@@ -256,6 +258,25 @@ def two_caps(p: dict, seed: int) -> dict:
             w = (p["level"] - rho[i - 1, b]) / (rho[i, b] - rho[i - 1, b])
             out[b] = t[i - 1] + w * (t[i] - t[i - 1])
     return {"merge_time": out, "merge_time_theory": theory}
+def _count_ticks(ax) -> None:
+    """Integer tick labels (1, 2, 3, 5, 10, 20, ...) on a log axis of cluster counts."""
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, StrMethodFormatter
+
+    lo, hi = ax.get_ylim()
+    ticks = [v for v in (1, 2, 3, 5, 10, 20, 30, 50, 100, 200, 500, 1000) if lo <= v <= hi]
+    ax.yaxis.set_major_locator(FixedLocator(ticks))
+    ax.yaxis.set_major_formatter(StrMethodFormatter("{x:.0f}"))
+    ax.yaxis.set_minor_locator(NullLocator())
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _plain_log_labels(ax) -> None:
+    """Plain numbers (2.4, not 2.4 x 10^0) on a log axis."""
+    from matplotlib.ticker import LogLocator, NullFormatter, StrMethodFormatter
+
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 if __name__ == "__main__":

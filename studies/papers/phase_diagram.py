@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +34,7 @@ from particles.sphere.flow_theory import equiangular_hitting_time, equiangular_s
 from studies.papers._flow import CHECKED, FLOW_DEFAULTS, build_model, solve_checked
 from studies.papers.common import study_main, study_spec, sweep_and_merge
 from studies.sweep import load_study
+from studies.sweep.spec import SweepSpec
 from studies.sweep.tasks import register_task
 
 __all__ = ["run", "plot", "spec_for", "phase_point"]
@@ -44,19 +46,25 @@ _SMOKE = {
 }
 
 
-def spec_for(size: str):
-    """The sweep spec of this study at ``size`` (smoke, default or full)."""
+def spec_for(size: str, name: str = "phase_diagram") -> SweepSpec:
+    """The sweep spec of this study at ``size`` (smoke, default or full), named ``name``.
+
+    The name is the stem of the sweep folder and of the output files, so it is the
+    same at every size (``default`` for the README's study, else ``phase_diagram``).
+    """
+    rename = {"sweep": {"name": name}}
     if size == "full":
-        return study_spec("phase_diagram")
+        return study_spec("phase_diagram", rename)
     if size == "default":
-        return study_spec("default")
-    return study_spec("phase_diagram", _SMOKE)
+        return study_spec("default", rename)
+    return study_spec("phase_diagram", {**_SMOKE, "sweep": {**_SMOKE["sweep"], "name": name}})
 
 
-def run(out: Path, size: str = "full", executor=None, progress: bool = True) -> dict[str, list[Path]]:
-    """Sweep, merge and draw; returns the HDF5 file(s) and figure(s) written."""
+def run(out: Path, size: str = "full", executor: Any = None, progress: bool = True,
+        name: str = "phase_diagram") -> dict[str, list[Path]]:
+    """Sweep, merge and draw ``out/<name>.h5`` and ``out/<name>.png``; returns their paths."""
     out = Path(out)
-    spec = spec_for(size)
+    spec = spec_for(size, name)
     h5 = sweep_and_merge(spec, out, executor, progress)
     fig = plot(h5, out / f"{spec.name}.png")
     return {"hdf5": [h5], "figure": [fig]}
@@ -84,27 +92,33 @@ def plot(study_file: Path, figure: Path) -> Path:
         kinds = c["qkv"]
     P = np.transpose(P, [dims.index(k) for k in ("qkv", "d", "beta", "t")])
     ds, betas, t = c["d"], c["beta"], c["t"]
-    fig = Figure(figsize=(3.2 * len(ds) + 1.0, 2.8 * len(kinds)), layout="constrained")
-    axes = fig.subplots(len(kinds), len(ds), squeeze=False, sharex=True, sharey=True)
+    panels = [(i, j) for i in range(len(kinds)) for j in range(len(ds))]
+    # one row per Q, K, V kind; a single kind wraps into two columns, so the figure stays near 4:3
+    ncols = len(ds) if len(kinds) > 1 else min(len(ds), 2)
+    nrows = -(-len(panels) // ncols)
+    fig = Figure(figsize=(3.3 * ncols + 1.2, 2.7 * nrows + 0.6), layout="constrained")
+    grid = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True)
+    for ax in grid.flat[len(panels):]:
+        ax.set_visible(False)
     fine = np.linspace(betas.min(), betas.max(), 200)
     curve = boundary(fine, n, delta)
     mesh = None
-    for i, kind in enumerate(kinds):
-        for j, d in enumerate(ds):
-            ax = axes[i, j]
-            mesh = ax.pcolormesh(t, betas, P[i, j], vmin=0.0, vmax=1.0, cmap="RdBu_r", shading="nearest", rasterized=True)
-            if kind == "identity":
-                keep = curve <= t.max()
-                ax.plot(curve[keep], fine[keep], color="k", lw=1.2, label="$g_\\beta(t) = 1-\\delta$")
-            ax.set_title(f"d = {d}, Q,K,V: {kind}", fontsize=9)
-            if i == len(kinds) - 1:
-                ax.set_xlabel("t")
-            if j == 0:
-                ax.set_ylabel(r"$\beta$")
-    axes[0, 0].legend(loc="upper left", fontsize=7, framealpha=0.8)
-    fig.colorbar(mesh, ax=axes, label=r"$P(t, \beta)$", shrink=0.9)
-    fig.suptitle(rf"SA phase diagram (GLPR Fig. 3/5): fraction of pairs with $\langle x_i,x_j\rangle \geq 1-\delta$, "
-                 rf"$\delta$ = {delta:g}, n = {n}", fontsize=10)
+    for k, (i, j) in enumerate(panels):
+        kind, d = kinds[i], ds[j]
+        ax = grid.flat[k]
+        mesh = ax.pcolormesh(t, betas, P[i, j], vmin=0.0, vmax=1.0, cmap="RdBu_r", shading="nearest", rasterized=True)
+        if kind == "identity":
+            keep = curve <= t.max()
+            ax.plot(curve[keep], fine[keep], color="k", lw=1.2, label="$g_\\beta(t) = 1-\\delta$")
+        ax.set_title(f"d = {d}, Q,K,V: {kind}", fontsize=9)
+        if k // ncols == nrows - 1 or k + ncols >= len(panels):
+            ax.set_xlabel("t")
+        if k % ncols == 0:
+            ax.set_ylabel(r"$\beta$")
+    grid[0, 0].legend(loc="upper left", fontsize=7, framealpha=0.8)
+    fig.colorbar(mesh, ax=grid[:, -1].tolist(), label=r"$P(t, \beta)$", shrink=0.9, pad=0.02, aspect=30)
+    fig.suptitle(rf"SA phase diagram (GLPR Fig. 3/5), n = {n}: fraction of pairs with "
+                 rf"$\langle x_i,x_j\rangle \geq 1-\delta$, $\delta$ = {delta:g}", fontsize=10)
     figure = Path(figure)
     fig.savefig(figure, dpi=130)
     return figure

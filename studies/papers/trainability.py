@@ -235,6 +235,15 @@ def run(out: Path, size: str = "full", executor=None, progress: bool = True, tas
     return {"hdf5": [out / "trainability.h5"], "figure": [fig]}
 
 
+def _fit_text(r2: float, r2_loo: float, models: int) -> str:
+    """The title's fit summary; "n/a" with the reason when the fit is undefined."""
+    if np.isfinite(r2):
+        return f"quadratic fit $R^2$ = {r2:.2f} (leave-one-out {r2_loo:.2f})"
+    if models <= 6:
+        return f"quadratic fit $R^2$ n/a ({models} models for its 6 coefficients)"
+    return "quadratic fit $R^2$ n/a (all final losses equal)"
+
+
 def plot(h5: Path, figure: Path) -> Path:
     """Final held-out loss over the (lambda_a, lambda_g) plane, and the loss curves."""
     import h5py
@@ -246,18 +255,32 @@ def plot(h5: Path, figure: Path) -> Path:
         curves, steps = g["held_out_loss"][()], g["log_step"][()]
         r2, r2_loo = f.attrs["r2_quadratic"], f.attrs["r2_quadratic_loo"]
         task = f.attrs.get("task", "")
+        vocab = f.attrs.get("vocab")
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     ax, ax2 = fig.subplots(1, 2)
     sc = ax.scatter(la, lg, c=loss, cmap="viridis", s=60, edgecolors="k")
     ax.axvline(0, color="k", lw=1)
     ax.axhline(0, color="k", lw=1, ls="--")
     fig.colorbar(sc, ax=ax, label="final held-out loss")
-    ax.set(xlabel="lambda_a (angle exponent)", ylabel="lambda_g (gradient exponent)",
-           title=f"task {task}: quadratic fit R^2 = {r2:.2f} (leave-one-out {r2_loo:.2f})")
+    ax.set(xlabel=r"$\lambda_a$ (angle exponent)", ylabel=r"$\lambda_g$ (gradient exponent)")
+    ax.set_title(f"task {task}: {_fit_text(r2, r2_loo, len(loss))}", fontsize=10)
     norm_loss = (loss - np.nanmin(loss)) / max(np.nanmax(loss) - np.nanmin(loss), 1e-12)
     cmap = __import__("matplotlib").colormaps["viridis"]
     for c, v in zip(curves, norm_loss):
         ax2.plot(steps, c, color=cmap(v), lw=0.8)
+    # the legend names the line families (one line per model would not fit)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=cmap(0.5), lw=0.8, label=f"{len(loss)} models, colour = final loss (left)")]
+    if np.isfinite(loss).any():
+        best = int(np.nanargmin(loss))
+        ax2.plot(steps, curves[best], color="k", lw=1.6, ls=":")
+        handles.append(Line2D([], [], color="k", lw=1.6, ls=":", label=rf"lowest final loss: $\lambda_a$ = {la[best]:.2f}, "
+                                                                         rf"$\lambda_g$ = {lg[best]:.2f}"))
+    if vocab is not None:
+        ax2.axhline(np.log(float(vocab)), color="0.5", lw=1, ls="--")
+        handles.append(Line2D([], [], color="0.5", lw=1, ls="--", label=f"chance level log(vocab = {int(vocab)})"))
+    ax2.legend(handles=handles, fontsize=7, loc="upper right")
     ax2.set(xlabel="Adam step", ylabel="held-out loss", title="held-out loss during training")
     figure = Path(figure)
     fig.savefig(figure, dpi=120)

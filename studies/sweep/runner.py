@@ -275,7 +275,8 @@ def _watch(store: Store, ids: set[str], bar, result: SweepResult, stop: threadin
                 if info is not None:
                     fractions.append(float(info.get("progress") or 0.0))
         if fractions:
-            bar.set_postfix(failed=result.failed, running=len(fractions), inside=f"{100 * sum(fractions) / len(fractions):.0f}%")
+            bar.set_postfix_str(f"failed={result.failed}, {len(fractions)} running, "
+                                f"{100 * sum(fractions) / len(fractions):.0f}% through them on average")
 
 
 def _log(store: Store, message: str) -> None:
