@@ -40,9 +40,19 @@ from integrators.validation import ParameterError
 
 from studies.cli.options import Option, choice, exit_threshold, float_list, integer, name_list, real, text
 
-__all__ = ["register", "SIMULATE_PLUGINS", "RUN_OPTIONS", "run_and_store", "save_times", "with_observables"]
+__all__ = ["register", "SIMULATE_PLUGINS", "RUN_OPTIONS", "OUTPUT_OPTIONS", "run_and_store", "save_times", "with_observables"]
 
 SIMULATE_PLUGINS = ("studies.cli.simulate_flow", "studies.cli.simulate_cov")
+
+#: where and how a run is written (also the finite-network command's)
+OUTPUT_OPTIONS: tuple[Option, ...] = (
+    Option("out", text, "run.h5", "output HDF5 file", path=True, metavar="FILE"),
+    Option("group", text, "/", "group of the file that holds the run"),
+    Option("overwrite", None, False, "replace an existing output file (or group)", flag=True),
+    Option("compression", choice(("none", "gzip", "lzf")), "none", "compression of datasets with a chunk per save "
+           "(frames of 4 KiB or more): none (default, fastest), gzip (level 4 + shuffle; 5-10% smaller float64 "
+           "files, slower), lzf"),
+)  # fmt: skip
 
 RUN_OPTIONS: tuple[Option, ...] = (
     Option("config", text, None, "TOML file whose keys are these flag names; flags typed here override it", path=True,
@@ -62,12 +72,7 @@ RUN_OPTIONS: tuple[Option, ...] = (
            + ", ".join(OBSERVABLES) + " (default: energy, cluster_count, fraction_close, min_inner_product)",
            metavar="NAME,..."),  # a model family lists its own through with_observables()
     Option("states", None, True, "store the states (--no-states: only the observables)", flag=True),
-    Option("out", text, "run.h5", "output HDF5 file", path=True, metavar="FILE"),
-    Option("group", text, "/", "group of the file that holds the run"),
-    Option("overwrite", None, False, "replace an existing output file (or group)", flag=True),
-    Option("compression", choice(("none", "gzip", "lzf")), "none", "compression of datasets with a chunk per save "
-           "(frames of 4 KiB or more): none (default, fastest), gzip (level 4 + shuffle; 5-10% smaller float64 "
-           "files, slower), lzf"),
+    *OUTPUT_OPTIONS,
     Option("progress", None, None, "progress bar (default: when stderr is a terminal)", flag=True),
     Option("exit-threshold", exit_threshold, None, "a path exits (is stored as NaN from then on and left out of the "
            "summaries) when max |entry| of its state exceeds this; 'off': only when it becomes non-finite "

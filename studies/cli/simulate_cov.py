@@ -34,7 +34,7 @@ import numpy as np
 
 from integrators.validation import ParameterError
 
-from studies.cli.simulate import RUN_OPTIONS, run_and_store, with_observables
+from studies.cli.simulate import OUTPUT_OPTIONS, RUN_OPTIONS, run_and_store, with_observables
 from studies.cli.options import Option, add_options, choice, integer, load_npy, real, resolve_options, text, with_help
 
 __all__ = [
@@ -81,12 +81,7 @@ NETWORK_OPTIONS: tuple[Option, ...] = (
     Option("dtype", choice(("float64", "float32")), "float64", "float64 or float32"),
     Option("seed", integer(0), 0, "seed of the weights"),
     Option("batch", integer(1), 64, "independent networks"),
-    Option("out", text, "run.h5", "output HDF5 file", path=True, metavar="FILE"),
-    Option("group", text, "/", "group of the file that holds the run"),
-    Option("overwrite", None, False, "replace an existing output file (or group)", flag=True),
-    Option("compression", choice(("none", "gzip", "lzf")), "none", "compression of datasets with a chunk per save "
-           "(frames of 4 KiB or more): none (default, fastest), gzip (level 4 + shuffle; 5-10% smaller float64 "
-           "files, slower), lzf"),
+    *OUTPUT_OPTIONS,
 )  # fmt: skip
 
 
