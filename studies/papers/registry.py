@@ -57,6 +57,9 @@ STUDIES: dict[str, StudyEntry] = {
                              ("signalprop.h5", "signalprop_trajectories.png", "signalprop_phase.png")),
     "trainability": StudyEntry("studies.papers.trainability", "full", {"smoke": 7, "default": 90, "full": 960},
                                frozenset({"smoke", "full"}), ("trainability.h5", "trainability.png")),
+    "discrete-vs-flow": StudyEntry("studies.papers.discrete_vs_flow", "default",
+                                   {"smoke": 6, "default": 60, "paper": 1800}, frozenset({"smoke", "default"}),
+                                   ("discrete_vs_flow.h5", "discrete_vs_flow.png", "discrete_vs_flow.json")),
 }  # fmt: skip
 
 
