@@ -21,8 +21,9 @@ The figure has one row per normalisation (SA, USA) and one panel per d, the heat
 P_discrete - P_flow over (t, beta) with non-converged points hatched; its title names the
 largest |gap| and where it is. The same numbers go to ``discrete_vs_flow.json``.
 
-Sizes: ``smoke`` (seconds, the tests), ``default`` (d in {2, 8}, 10 betas, a minute),
-``paper`` (GLPR Fig. 3's grid: d in {2, 8, 32, 128}, beta = 0.5, 1, ..., 9, t in [0, 30],
+Sizes: ``smoke`` (seconds, the tests), ``default`` (the paper's n and t, d in {2, 8, 32},
+beta = 0.5, 1, ..., 9, 8 starts per point: a few minutes),
+``paper`` (GLPR Fig. 3's grid: d in {2, 8, 32, 128}, beta = 0.1, 0.2, ..., 9, t in [0, 30],
 n = 32, 16 starts per point instead of the authors' 256-odd; an estimate from a timed
 fraction, see ``studies/papers/registry.py``).
 
@@ -38,6 +39,7 @@ is not closeness at step 0.1 near a sharp transition").
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +56,8 @@ __all__ = ["run", "plot", "spec_for", "discrete_vs_flow_point", "discrete_P", "c
 _SIZES = {
     "smoke": {"sweep": {"seeds": 1}, "params": {"n": 6, "batch": 3, "t_end": 3.0, "n_save": 7},
               "grid": {"normalization": ["sa", "usa"], "d": [2, 3], "beta": [1.0, 4.0]}},
-    "default": {"sweep": {"seeds": 1}, "params": {"n": 16, "batch": 8, "t_end": 15.0, "n_save": 31},
-                "grid": {"normalization": ["sa", "usa"], "d": [2, 8], "beta": {"start": 0.9, "stop": 9.0, "num": 10}}},
+    "default": {"sweep": {"seeds": 1}, "params": {"batch": 8},
+                "grid": {"normalization": ["sa", "usa"], "d": [2, 8, 32], "beta": {"start": 0.5, "stop": 9.0, "num": 18}}},
     "paper": {},
 }
 
@@ -202,8 +204,10 @@ def largest_gap(study_file: Path) -> dict[str, dict]:
     v, norms, ds, betas, t = _load(study_file)
     res = {}
     for i, norm in enumerate(norms):
-        gap = np.nanmean(v["gap"][i], axis=2)  # over seeds: (d, beta, t)
-        se = np.sqrt(np.nanmean(v["gap_se"][i] ** 2, axis=2) / v["gap"].shape[3])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN: a non-converged point
+            gap = np.nanmean(v["gap"][i], axis=2)  # over seeds: (d, beta, t)
+            se = np.sqrt(np.nanmean(v["gap_se"][i] ** 2, axis=2) / v["gap"].shape[3])
         conv = np.nanmin(v["flow_converged"][i], axis=2)
         finite = np.isfinite(gap)
         entry = {"points": int(conv.size), "not_converged": int((conv < 1).sum()), "gap": float("nan"),
@@ -220,20 +224,25 @@ def plot(study_file: Path, figure: Path) -> Path:
     """Heat maps of P_discrete - P_flow over (t, beta): one row per normalisation, one panel per d."""
     from matplotlib.figure import Figure
 
+    from matplotlib.colors import ListedColormap
+
     v, norms, ds, betas, t = _load(study_file)
     gaps = largest_gap(study_file)
+    lines: list[str] = []
     fig = Figure(figsize=(3.0 * len(ds) + 1.2, 2.6 * len(norms) + 0.8), layout="constrained")
     grid = fig.subplots(len(norms), len(ds), squeeze=False, sharex=True, sharey=True)
     mesh = None
     for i, norm in enumerate(norms):
         for j, d in enumerate(ds):
             ax = grid[i, j]
-            gap = np.nanmean(v["gap"][i, j], axis=1)  # (beta, t)
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN: a non-converged point
+                gap = np.nanmean(v["gap"][i, j], axis=1)  # (beta, t)
             mesh = ax.pcolormesh(t, betas, gap, vmin=-1, vmax=1, cmap="RdBu_r", shading="nearest", rasterized=True)
             bad = np.nanmin(v["flow_converged"][i, j], axis=1) < 1
-            if bad.any():
-                ax.pcolor(t, betas, np.where(bad[:, None], 1.0, np.nan) * np.ones((1, len(t))), hatch="//",
-                          alpha=0.0, shading="nearest")
+            if bad.any():  # grey: the flow did not converge above dt_min, no number is shown
+                ax.pcolormesh(t, betas, np.where(bad[:, None], 1.0, np.nan) * np.ones((1, len(t))),
+                              cmap=ListedColormap(["0.7"]), shading="nearest", rasterized=True)
             ax.set_title(f"{norm.upper()}, d = {d}", fontsize=9)
             if i == len(norms) - 1:
                 ax.set_xlabel("t")
@@ -241,12 +250,12 @@ def plot(study_file: Path, figure: Path) -> Path:
                 ax.set_ylabel(r"$\beta$")
         g = gaps[norm]
         if g["d"] is not None:
-            grid[i, 0].annotate(f"largest gap {g['gap']:+.2f} ± {g['gap_se']:.2f} at d = {g['d']}, "
-                                f"β = {g['beta']:g}, t = {g['t']:g}; flow not converged (hatched): "
-                                f"{g['not_converged']}/{g['points']}", (0, 1.18), xycoords="axes fraction", fontsize=7)
+            lines.append(f"{norm.upper()}: largest gap {g['gap']:+.2f} ± {g['gap_se']:.2f} at d = {g['d']}, "
+                         f"β = {g['beta']:g}, t = {g['t']:g}; flow not converged (grey): "
+                         f"{g['not_converged']}/{g['points']} points")
     fig.colorbar(mesh, ax=grid[:, -1].tolist(), label=r"$P_{\rm discrete} - P_{\rm flow}$", shrink=0.9)
-    fig.suptitle("authors' post-LN transformer (h = 0.1) minus the converged flow, fraction of close pairs",
-                 fontsize=10)
+    fig.suptitle("\n".join(["authors' post-LN transformer (h = 0.1) minus the converged flow, fraction of close pairs",
+                            *lines]), fontsize=9)
     figure = Path(figure)
     fig.savefig(figure, dpi=110)
     return figure
