@@ -92,7 +92,6 @@ class DiscreteTransformer:
     def attend(self, t: float, x):
         """A(x) at layer time t, unprojected, (batch, n, d): torch attention per head, summed."""
         import torch
-        import torch.nn.functional as F
 
         att = self.attention
         Q, K, V = att._matrices(t, x)
@@ -103,7 +102,12 @@ class DiscreteTransformer:
             k = x if K is None else x @ K[h].T
             v = x if V is None else x @ V[h].T
             if att.normalization == "sa":
-                y = F.scaled_dot_product_attention(q, k, v, is_causal=att.causal, scale=float(att.beta))
+                # the explicit softmax(beta q k^T) v of the authors' code, not SDPA: SDPA's fused kernel
+                # sums in another order and differs from it by a few ulp per layer
+                s = float(att.beta) * (q @ k.transpose(-1, -2))
+                if att.causal:
+                    s = s.masked_fill(torch.ones_like(s, dtype=torch.bool).triu(1), float("-inf"))
+                y = torch.softmax(s, dim=-1) @ v
             else:
                 # Unnormalised attention (Z_i = n): exp(beta <q_i, k_j>) [e^{-beta} for META] / n.
                 s = float(att.beta) * (q @ k.transpose(-1, -2))

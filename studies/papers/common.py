@@ -24,7 +24,7 @@ __all__ = ["SPEC_DIR", "study_spec", "sweep_and_merge", "study_main", "SIZES", "
            "run_from_args"]
 
 SPEC_DIR = Path(__file__).resolve().parent
-SIZES = ("smoke", "default", "full")
+SIZES = ("smoke", "default", "full", "paper")
 
 
 def study_spec(base: str, overrides: dict | None = None) -> SweepSpec:
@@ -64,8 +64,9 @@ def add_study_options(p: argparse.ArgumentParser) -> None:
     """The options every study takes: size, output folder, executor, progress, overwrite."""
     p.add_argument("--smoke", action="store_true", help="the tiny size the tests run, seconds (same as --size smoke)")
     p.add_argument("--size", choices=SIZES, default=None,
-                   help="smoke (seconds), default (minutes) or full (the published size; the study's size when "
-                        "none is given, except for 'default'). See `attnflow study list` for the times")
+                   help="smoke (seconds), default (minutes), full (the published size; the study's size when "
+                        "none is given, except for 'default') or paper (the paper's parameters in at most 30 minutes on 2 cores). "
+                        "See `attnflow study list` for the times")
     p.add_argument("--out", help="output directory (default: runs/NAME)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the study's existing output files (finished tasks of the same size are reused)")

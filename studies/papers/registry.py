@@ -55,8 +55,13 @@ STUDIES: dict[str, StudyEntry] = {
     "signalprop": StudyEntry("studies.papers.signalprop", "full", {"smoke": 5, "default": 150, "full": 900},
                              frozenset({"smoke"}),
                              ("signalprop.h5", "signalprop_trajectories.png", "signalprop_phase.png")),
-    "trainability": StudyEntry("studies.papers.trainability", "full", {"smoke": 7, "default": 90, "full": 960},
+    # trainability paper: 216 models x 150 steps against the measured full 72 x 300 (960 s), model-steps scaled
+    "trainability": StudyEntry("studies.papers.trainability", "full",
+                               {"smoke": 15, "default": 90, "full": 960, "paper": 1440},
                                frozenset({"smoke", "full"}), ("trainability.h5", "trainability.png")),
+    "discrete-vs-flow": StudyEntry("studies.papers.discrete_vs_flow", "default",
+                                   {"smoke": 6, "default": 61, "paper": 1500}, frozenset({"smoke", "default"}),
+                                   ("discrete_vs_flow.h5", "discrete_vs_flow.png", "discrete_vs_flow.json")),
 }  # fmt: skip
 
 

@@ -11,8 +11,10 @@ briefly with Adam on a task generated on the fly (no downloads):
 Training batches are fresh samples; the held-out loss is measured on a fixed set drawn
 from a separate seed. For each initialisation the exponents lambda_a and lambda_g come
 from the large-width maps (:func:`particles.signalprop.exponents`). The one-number
-summary is the R^2 of a quadratic least-squares fit of the final held-out loss in
-(lambda_a, lambda_g), with its leave-one-out (predictive) version; also reported: R^2
+summary is the R^2 of a quadratic least-squares fit of the final held-out loss (averaged
+over a grid point's seeds) in (lambda_a, lambda_g), with its leave-one-out (predictive)
+version and, with several seeds, a 95% bootstrap interval over seeds; with fewer than 12
+grid points the fit is linear (3 coefficients, at least 6 points); also reported: R^2
 with lambda_a alone and with lambda_g alone, and the Spearman rank correlation of the
 loss with the distance |(lambda_a, lambda_g)| from the simultaneous zero (the paper's
 claim: the loss is smallest where both exponents vanish). A run
@@ -21,7 +23,9 @@ whose loss becomes non-finite is marked diverged and scored at chance level log(
 Sizes: ``smoke`` (seconds; the tests), ``default`` (32 models, depth 8, d = 32, 150
 steps: about 1.5 minutes with 2 workers), ``full`` (72 models, depth 16, d = 64, 300 Adam
 steps each: 16 minutes measured on 2 shared cores with the default ``--workers 2``; there,
-R^2 = 0.85, leave-one-out 0.80, Spearman(loss, |(lambda_a, lambda_g)|) = 0.97).
+R^2 = 0.85, leave-one-out 0.80, Spearman(loss, |(lambda_a, lambda_g)|) = 0.97), ``paper``
+(the full grid, 3 seeds per point, 150 steps each: R^2 with its interval over seeds;
+about 25 minutes on 2 cores, extrapolated from a timed fraction).
 
 Usage: ``python -m studies.papers.trainability [--smoke | --size S] [--out DIR] [--workers K]``.
 
@@ -52,7 +56,7 @@ from studies.papers.signalprop import H5Writer
 __all__ = ["SIZES", "TASKS_SP", "main", "make_batch", "plot", "quadratic_r2", "run", "train_one"]
 
 TASKS_SP = ("reverse", "modadd")
-SIZES = ("smoke", "default", "full")
+SIZES = ("smoke", "default", "full", "paper")
 
 
 @dataclass(frozen=True)
@@ -73,11 +77,18 @@ class TrainSize:
 
 
 _SIZES = {
-    "smoke": TrainSize(6, 6, 16, 2, (0.3, 0.8), (1.0, 3.0), (0.0,), 1, 12, 16, 64, 3e-3, 4),
+    # 3 x 2 models: enough for the linear fit in (lambda_a, lambda_g) (3 coefficients) to be finite
+    "smoke": TrainSize(6, 6, 16, 2, (0.3, 0.6, 0.9), (1.0, 3.0), (0.0,), 1, 12, 16, 64, 3e-3, 4),
     "default": TrainSize(8, 8, 32, 8, (0.2, 0.45, 0.7, 0.95), (0.5, 1.5, 3.0, 4.5), (0.0, 1.0), 1, 150, 32, 256, 2e-3, 10),
     "full": TrainSize(8, 8, 64, 16, (0.1, 0.3, 0.5, 0.7, 0.85, 0.95), (0.5, 1.0, 2.0, 3.0, 4.0, 5.0), (0.0, 1.0), 1, 300, 64,
                       512, 2e-3, 20),
+    # the full grid with 3 seeds per point and half the steps, so that it fits 30 minutes on 2 cores
+    "paper": TrainSize(8, 8, 64, 16, (0.1, 0.3, 0.5, 0.7, 0.85, 0.95), (0.5, 1.0, 2.0, 3.0, 4.0, 5.0), (0.0, 1.0), 3, 150,
+                       64, 512, 2e-3, 10),
 }  # fmt: skip
+
+#: bootstrap resamples for the confidence interval of R^2 over seeds
+N_BOOT = 1000
 
 
 def make_batch(task: str, batch: int, n: int, vocab: int, gen):
@@ -162,6 +173,57 @@ def quadratic_r2(a: np.ndarray | None, g: np.ndarray | None, y: np.ndarray) -> t
     return 1.0 - float(np.sum(resid**2)) / ss_tot, 1.0 - float(np.sum(press**2)) / ss_tot
 
 
+def fit_r2(a: np.ndarray, g: np.ndarray, y: np.ndarray) -> tuple[float, float, str]:
+    """(R^2, leave-one-out R^2, basis) of the largest polynomial fit the number of models supports.
+
+    The quadratic basis (6 coefficients) needs at least 12 models, the linear one
+    c0 + c1 a + c2 g (3 coefficients) at least 6; with fewer both are NaN. Two models per
+    coefficient keep the leave-one-out residuals e_i / (1 - h_ii) from blowing up.
+    """
+    if len(y) >= 12:
+        return (*quadratic_r2(a, g, y), "quadratic")
+    if len(y) >= 6:
+        X = np.stack([np.ones_like(y), a, g], axis=1)
+        return (*_r2_of(X, y), "linear")
+    return float("nan"), float("nan"), "none"
+
+
+def _r2_of(X: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(R^2, leave-one-out R^2) of the least-squares fit y ~ X (NaN when undetermined or y constant)."""
+    if X.shape[0] <= X.shape[1]:
+        return float("nan"), float("nan")
+    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+    resid = y - X @ coef
+    hat = np.einsum("ij,ji->i", X, np.linalg.pinv(X))
+    press = resid / np.clip(1.0 - hat, 1e-12, None)
+    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    if ss_tot <= 0:
+        return float("nan"), float("nan")
+    return 1.0 - float(np.sum(resid**2)) / ss_tot, 1.0 - float(np.sum(press**2)) / ss_tot
+
+
+def seed_interval(a: np.ndarray, g: np.ndarray, loss: np.ndarray, seed: int = 0,
+                  n_boot: int = N_BOOT) -> tuple[float, float, np.ndarray]:
+    """A 95% bootstrap interval of R^2 over seeds, and the R^2 of each seed's own grid.
+
+    ``loss`` has shape (points, seeds); ``a``, ``g`` shape (points,). Each resample draws,
+    independently at every grid point, ``seeds`` seeds with replacement and fits the
+    mean loss (the fit of :func:`fit_r2`), so the interval shows how much R^2 owes to the
+    training noise of the particular seeds. NaN bounds with a single seed.
+    """
+    points, seeds = loss.shape
+    per_seed = np.array([fit_r2(a, g, loss[:, s])[0] for s in range(seeds)])
+    if seeds < 2:
+        return float("nan"), float("nan"), per_seed
+    rng = np.random.default_rng(seed)
+    boot = np.empty(n_boot)
+    for b in range(n_boot):
+        pick = rng.integers(0, seeds, size=(points, seeds))
+        boot[b] = fit_r2(a, g, np.take_along_axis(loss, pick, axis=1).mean(axis=1))[0]
+    lo, hi = np.nanpercentile(boot, [2.5, 97.5])
+    return float(lo), float(hi), per_seed
+
+
 def run(out: Path, size: str = "full", executor=None, progress: bool = True, task: str = "reverse",
         workers: int = 2) -> dict[str, list[Path]]:
     """Train the grid, write ``out/trainability.h5`` and ``out/trainability.png``; return their paths.
@@ -174,9 +236,10 @@ def run(out: Path, size: str = "full", executor=None, progress: bool = True, tas
     workers = check_positive_int("workers", workers)
     sz = _SIZES[size]
     out = Path(out)
-    grid = list(itertools.product(sz.alphas, sz.sigma_ws, sz.sigma_bs, range(sz.seeds)))
-    jobs = [dict(size=asdict(sz), task=task, alpha=a, sigma_w=w, sigma_b=b, seed=1000 * s + k)
-            for k, (a, w, b, s) in enumerate(grid)]
+    points = list(itertools.product(sz.alphas, sz.sigma_ws, sz.sigma_bs))
+    # model order: grid point slowest, replica fastest, so reshape(points, seeds) groups a point's seeds
+    jobs = [dict(size=asdict(sz), task=task, alpha=a, sigma_w=w, sigma_b=b, replica=s, seed=1000 * s + k)
+            for k, (a, w, b) in enumerate(points) for s in range(sz.seeds)]
     # exponents at initialisation, from the large-width maps (large-d theory of the same architecture)
     lam = []
     for j in jobs:
@@ -199,22 +262,29 @@ def run(out: Path, size: str = "full", executor=None, progress: bool = True, tas
     wall = time.perf_counter() - t0
     lam_a, lam_g, lam_m = (np.array(v) for v in zip(*lam))
     final = np.array([r["final_loss"] for r in results])
-    r2, r2_loo = quadratic_r2(lam_a, lam_g, final)
-    r2_a, _ = quadratic_r2(lam_a, None, final)
-    r2_g, _ = quadratic_r2(None, lam_g, final)
+    # the fit is over grid points, of the loss averaged over a point's seeds
+    per_point = final.reshape(len(points), sz.seeds)
+    pa, pg, mean_loss = lam_a[:: sz.seeds], lam_g[:: sz.seeds], per_point.mean(axis=1)
+    r2, r2_loo, basis = fit_r2(pa, pg, mean_loss)
+    r2_lo, r2_hi, r2_seed = seed_interval(pa, pg, per_point)
+    r2_a, _ = quadratic_r2(pa, None, mean_loss)
+    r2_g, _ = quadratic_r2(None, pg, mean_loss)
     from scipy.stats import spearmanr
 
-    rho = float(spearmanr(np.hypot(lam_a, lam_g), final).statistic) if len(final) > 2 else float("nan")
+    rho = float(spearmanr(np.hypot(pa, pg), mean_loss).statistic) if len(mean_loss) > 2 else float("nan")
     meta = {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(sz).items()}, "size": size, "task": task}
     w = H5Writer(out / "trainability.h5", SignalPropParams.name, meta, seed=0,
                  extra={"r2_quadratic": r2, "r2_quadratic_loo": r2_loo, "r2_lambda_a_only": r2_a, "r2_lambda_g_only": r2_g, "wall_seconds": wall,
+                        "fit_basis": basis, "r2_ci95_low": r2_lo, "r2_ci95_high": r2_hi,
+                        "r2_per_seed": r2_seed,
                         "spearman_loss_vs_exponent_norm": rho,
-                        "summary": "R^2 of a quadratic fit of final held-out loss in (lambda_a, lambda_g)"})
+                        "summary": f"R^2 of a {basis} fit of the seed-mean final held-out loss in (lambda_a, lambda_g), "
+                                   f"95% bootstrap interval over seeds"})
     try:
         g = w.group("models")
         w.coord(g, "model", np.arange(len(jobs)))
         w.coord(g, "log_step", np.arange(sz.steps // sz.log_every + 1) * sz.log_every)
-        for key in ("alpha", "sigma_w", "sigma_b", "seed"):
+        for key in ("alpha", "sigma_w", "sigma_b", "replica", "seed"):
             w.data(g, key, np.array([j[key] for j in jobs]), ("model",))
         w.data(g, "lambda_a", lam_a, ("model",))
         w.data(g, "lambda_g", lam_g, ("model",))
@@ -230,18 +300,21 @@ def run(out: Path, size: str = "full", executor=None, progress: bool = True, tas
     w.close()
     fig = plot(out / "trainability.h5", out / "trainability.png")
     if progress:
-        print(f"R^2 (quadratic in lambda_a, lambda_g) = {r2:.3f} (leave-one-out {r2_loo:.3f}); "
+        ci = f", 95% interval over seeds [{r2_lo:.3f}, {r2_hi:.3f}]" if np.isfinite(r2_lo) else ""
+        print(f"R^2 ({basis} in lambda_a, lambda_g) = {r2:.3f} (leave-one-out {r2_loo:.3f}{ci}); "
               f"lambda_a only {r2_a:.3f}; lambda_g only {r2_g:.3f}; Spearman(loss, |(lambda_a, lambda_g)|) {rho:.3f}")
     return {"hdf5": [out / "trainability.h5"], "figure": [fig]}
 
 
-def _fit_text(r2: float, r2_loo: float, models: int) -> str:
+def _fit_text(r2: float, r2_loo: float, models: int, basis: str = "quadratic",
+              ci: tuple[float, float] = (float("nan"), float("nan"))) -> str:
     """The title's fit summary; "n/a" with the reason when the fit is undefined."""
     if np.isfinite(r2):
-        return f"quadratic fit $R^2$ = {r2:.2f} (leave-one-out {r2_loo:.2f})"
-    if models <= 6:
-        return f"quadratic fit $R^2$ n/a ({models} models for its 6 coefficients)"
-    return "quadratic fit $R^2$ n/a (all final losses equal)"
+        band = f", 95% over seeds [{ci[0]:.2f}, {ci[1]:.2f}]" if np.isfinite(ci[0]) else ""
+        return f"{basis} fit $R^2$ = {r2:.2f} (leave-one-out {r2_loo:.2f}{band})"
+    if models < 6:
+        return f"fit $R^2$ n/a ({models} grid points; the linear fit needs 6)"
+    return "fit $R^2$ n/a (all final losses equal)"
 
 
 def plot(h5: Path, figure: Path) -> Path:
@@ -254,6 +327,9 @@ def plot(h5: Path, figure: Path) -> Path:
         la, lg, loss = g["lambda_a"][()], g["lambda_g"][()], g["final_loss"][()]
         curves, steps = g["held_out_loss"][()], g["log_step"][()]
         r2, r2_loo = f.attrs["r2_quadratic"], f.attrs["r2_quadratic_loo"]
+        basis = str(f.attrs.get("fit_basis", "quadratic"))
+        ci = (float(f.attrs.get("r2_ci95_low", np.nan)), float(f.attrs.get("r2_ci95_high", np.nan)))
+        n_points = len(g["lambda_a"]) // max(int(f.attrs.get("seeds", 1)), 1)
         task = f.attrs.get("task", "")
         vocab = f.attrs.get("vocab")
     fig = Figure(figsize=(11, 4.2), layout="constrained")
@@ -263,7 +339,7 @@ def plot(h5: Path, figure: Path) -> Path:
     ax.axhline(0, color="k", lw=1, ls="--")
     fig.colorbar(sc, ax=ax, label="final held-out loss")
     ax.set(xlabel=r"$\lambda_a$ (angle exponent)", ylabel=r"$\lambda_g$ (gradient exponent)")
-    ax.set_title(f"task {task}: {_fit_text(r2, r2_loo, len(loss))}", fontsize=10)
+    ax.set_title(f"task {task}: {_fit_text(r2, r2_loo, n_points, basis, ci)}", fontsize=10)
     norm_loss = (loss - np.nanmin(loss)) / max(np.nanmax(loss) - np.nanmin(loss), 1e-12)
     cmap = __import__("matplotlib").colormaps["viridis"]
     for c, v in zip(curves, norm_loss):

@@ -65,6 +65,7 @@ TASK_MODULES = (
     "studies.papers.high_dim",
     "studies.papers.signalprop",
     "studies.papers.cov",
+    "studies.papers.discrete_vs_flow",
 )
 
 MEASUREMENT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -48,7 +48,7 @@ def test_study_help_is_for_users(capsys):
     for developer_text in (":data:", "Adding a study", "run(out, size"):
         assert developer_text not in text
     assert "about a minute" not in text and "about 3 minutes" in text  # the measured time of `study default`
-    assert "smoke (seconds), default (minutes) or full" in text
+    assert "smoke (seconds), default (minutes), full" in text and "or paper (the paper" in text
     assert "(the default)" not in text.split("--size")[1].split("--out")[0]
     import argparse
 
@@ -282,14 +282,14 @@ def test_trainability_title_says_why_the_fit_is_missing(tmp_path, saved_figures)
     from studies.papers.trainability import plot
 
     h5 = tmp_path / "t.h5"
-    with h5py.File(h5, "w") as f:  # four models: too few for the six coefficients of the quadratic fit
+    with h5py.File(h5, "w") as f:  # four models: too few even for the three coefficients of the linear fit
         g = f.create_group("models")
         g["lambda_a"], g["lambda_g"], g["final_loss"] = [-1.0, -0.5, 0.0, 0.2], [0.1, 0.6, 0.0, 0.1], [1.6, 1.8, 1.9, 2.0]
         g["held_out_loss"], g["log_step"] = np.linspace(2.2, 1.6, 16).reshape(4, 4), [0, 4, 8, 12]
         f.attrs.update(r2_quadratic=np.nan, r2_quadratic_loo=np.nan, task="reverse", vocab=6)
     plot(h5, tmp_path / "t.png")
     fit_ax, loss_ax = [ax for ax in saved_figures[-1].axes if ax.get_label() != "<colorbar>"][:2]
-    assert "nan" not in fit_ax.get_title() and "n/a (4 models for its 6 coefficients)" in fit_ax.get_title()
+    assert "nan" not in fit_ax.get_title() and "n/a (4 grid points; the linear fit needs 6)" in fit_ax.get_title()
     labels = [t.get_text() for t in loss_ax.get_legend().get_texts()]
     assert any("colour = final loss" in t for t in labels) and any("chance level" in t for t in labels)
 

@@ -56,11 +56,16 @@ def test_trainability_smoke_trains_and_records_losses(tmp_path):
     _check_contract(tmp_path / "trainability.h5")
     ds = xr.open_dataset(tmp_path / "trainability.h5", group="models", engine="h5netcdf")
     curves = ds.held_out_loss.values
-    assert curves.shape == (4, 4) and np.all(np.isfinite(curves))
+    assert curves.shape == (6, 4) and np.all(np.isfinite(curves))
     assert np.all(curves[:, 0] != curves[:, -1])  # the weights moved
     assert np.mean(curves[:, -1] < curves[:, 0]) >= 0.5  # and mostly for the better
     assert np.all(np.isfinite(ds.lambda_a.values)) and np.all(np.isfinite(ds.lambda_g.values))
     assert (tmp_path / "trainability.png").stat().st_size > 10_000
+    import h5py
+
+    with h5py.File(tmp_path / "trainability.h5", "r") as f:  # the smoke fit is defined (issue 13, item 5)
+        assert f.attrs["fit_basis"] == "linear"
+        assert np.isfinite(f.attrs["r2_quadratic"]) and np.isfinite(f.attrs["r2_quadratic_loo"])
 
 
 def test_quadratic_r2_exact_and_noisy():
