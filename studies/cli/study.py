@@ -37,10 +37,11 @@ def _size_line(entry: StudyEntry) -> str:
 
 def _list() -> None:
     print("Named studies; times are wall times on a 2-core machine (run one with `attnflow study NAME --smoke`):")
+    width = max(map(len, STUDIES))
     for name, entry in STUDIES.items():
         doc = (importlib.import_module(entry.module).__doc__ or "").strip().splitlines()[0]
-        print(f"{name:14s} {doc}")
-        print(f"{'':14s}   sizes: {_size_line(entry)}")
+        print(f"{name:{width}s} {doc}")
+        print(f"{'':{width}s}   sizes: {_size_line(entry)}")
 
 
 def _run(args: argparse.Namespace) -> int:
