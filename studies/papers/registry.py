@@ -62,7 +62,7 @@ STUDIES: dict[str, StudyEntry] = {
     "discrete-vs-flow": StudyEntry("studies.papers.discrete_vs_flow", "default",
                                    {"smoke": 6, "default": 61, "paper": 1500}, frozenset({"smoke", "default"}),
                                    ("discrete_vs_flow.h5", "discrete_vs_flow.png", "discrete_vs_flow.json")),
-    "gradient-exponent": StudyEntry("studies.papers.gradient_exponent", "default", {"smoke": 10, "default": 120},
+    "gradient-exponent": StudyEntry("studies.papers.gradient_exponent", "default", {"smoke": 5, "default": 245},
                                     frozenset({"smoke", "default"}),
                                     ("gradient_exponent.h5", "gradient_exponent.png", "gradient_exponent.json")),
 }  # fmt: skip
