@@ -21,6 +21,11 @@ Sizes: ``full``: T = 0.75, gamma = 1/sqrt(8), tau0 = 1, rho0 = 0.2, m = 4 tokens
 n = 200, 16384 SDE paths at dt = 0.01 and 0.001; collapse at n = 200 over 150 layers
 (256 networks, 64 for pre-LN): about 30 minutes on 2 cores (the plain network dominates).
 ``default``: widths {50, 100, 200}, 2048 samples, plain 256 (a few minutes).
+``paper``: NOCI Fig. 1's n = 200, d = 150 (T = 0.75) among widths {50, 100, 200, 400}; the
+paper's token count and sample counts are not stated in our sources, so m = 4, 2048 chain
+samples, 512 plain-network samples at n = 200, 8192 SDE paths; rank collapse at n = 200 over
+150 layers. About 10 minutes on 2 cores, an estimate from timed fractions (the plain network
+at n = 200 dominates).
 ``smoke``: tiny (seconds; the tests run it).
 
 References
@@ -68,6 +73,9 @@ SIZES = {
     "smoke": CovStudySize((16, 32), 0.5, 3, 256, 16, 64, 512, 0.05, 32, 24, 16, 8),
     "default": CovStudySize((50, 100, 200), 0.75, 4, 2048, 100, 256, 8192, 0.01, 100, 150, 128, 32),
     "full": CovStudySize((50, 100, 200, 400, 800), 0.75, 4, 4096, 200, 1024, 16384, 0.01, 200, 150, 256, 64),
+    # NOCI Fig. 1: n = 200, d = 150 (T = 0.75), gamma = 1/sqrt(8), tau0 = 1, rho0 = 0.2, SDE step 0.01 [U];
+    # the paper's token count m and sample counts are not stated in the sources we have: m = 4, 2048 / 512.
+    "paper": CovStudySize((50, 100, 200, 400), 0.75, 4, 2048, 200, 512, 8192, 0.01, 200, 150, 256, 64),
 }
 
 

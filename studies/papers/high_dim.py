@@ -9,7 +9,9 @@ the spread at a middle time times sqrt(d) (flat if fluctuations ~ d^{-1/2}).
 
 Sizes: ``full`` = studies/papers/high_dim.toml (n = 32, d in {64, ..., 2048},
 beta in {1, 4}, 16 systems per point: about 10 minutes on 2 cores);
-``default``: d in {32, 128, 512} (under a minute); ``smoke``: seconds.
+``default``: d in {32, 128, 512} (under a minute); ``paper``: the full grid with 4 x 64
+systems per point (Thm 6.9 is asymptotic; no count to follow), about 3 minutes on 2 cores,
+an estimate from timed tasks; ``smoke``: seconds.
 
 References
 ----------
@@ -36,6 +38,8 @@ _SIZES = {
     "default": {"sweep": {"seeds": 2}, "params": {"backend": "numpy"},
                 "grid": {"d": [32, 128, 512], "zip": {"temperature": {"beta": [1.0, 4.0], "t_end": [6.0, 12.0]}}}},
     "full": {},
+    # Thm 6.9's n = 32, d up to 2048: 4 x 64 starts per point for the pair histograms
+    "paper": {"params": {"batch": 64}},
 }
 
 

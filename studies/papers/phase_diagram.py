@@ -10,8 +10,12 @@ authors' code; GLPR Fig. 5).
 Sizes: ``full`` = studies/papers/phase_diagram.toml (d in {2, 8, 32, 128},
 beta = 0.1, 0.2, ..., 9, t in [0, 30], 4 x 256 starts per point: 2880 tasks,
 about 30-60 minutes on 2 cores with numba); ``default`` = studies/papers/default.toml (identity
-Q, K, V, d in {2, 8, 32, 128}, 36 betas, 64 starts: about a minute); ``smoke``:
-seconds.
+Q, K, V, d in {2, 8, 32, 128}, 36 betas, 64 starts: about a minute); ``paper``: GLPR's
+grid (identity and random Q, K, V, d in {2, 8, 32, 128, 512, 1024} as MODELS.md lists them,
+beta = 0.1, ..., 9, t in [0, 30], n = 32, Euler dt = 0.1) with 6 starts per point instead of
+the authors' batches of 2048 (the count they average over is not stated in the sources we
+have), P with its standard error over the starts; about 21 minutes on 2 cores, an estimate
+from 12 timed tasks (one per (Q, K, V) kind and d); ``smoke``: seconds.
 
 Usage: ``attnflow study phase-diagram [--size full|default|smoke] --out DIR``
 or ``python -m studies.papers.phase_diagram --smoke --out DIR``.
@@ -46,8 +50,19 @@ _SMOKE = {
 }
 
 
+#: GLPR Fig. 3 (identity) and Fig. 5 (random Q, K, V) at the paper's n, t, beta grid and d (MODELS.md
+#: section 1: d in {2, 8, 32, 128, 512, 1024}); 6 starts per point instead of the authors' 2048-system
+#: batches, so that it fits 30 minutes on 2 cores (random Q, K, V at d = 1024 dominate); P_err is stored.
+_PAPER = {
+    "sweep": {"seeds": 1},
+    "params": {"batch": 6},
+    "grid": {"qkv": ["identity", "random"], "d": [2, 8, 32, 128, 512, 1024],
+             "beta": {"start": 0.1, "stop": 9.0, "num": 90}},
+}
+
+
 def spec_for(size: str, name: str = "phase_diagram") -> SweepSpec:
-    """The sweep spec of this study at ``size`` (smoke, default or full), named ``name``.
+    """The sweep spec of this study at ``size`` (smoke, default, full or paper), named ``name``.
 
     The name is the stem of the sweep folder and of the output files, so it is the
     same at every size (``default`` for the README's study, else ``phase_diagram``).
@@ -57,6 +72,8 @@ def spec_for(size: str, name: str = "phase_diagram") -> SweepSpec:
         return study_spec("phase_diagram", rename)
     if size == "default":
         return study_spec("default", rename)
+    if size == "paper":
+        return study_spec("phase_diagram", {**_PAPER, "sweep": {**_PAPER["sweep"], "name": name}})
     return study_spec("phase_diagram", {**_SMOKE, "sweep": {**_SMOKE["sweep"], "name": name}})
 
 
@@ -129,13 +146,13 @@ def plot(study_file: Path, figure: Path) -> Path:
 @register_task(
     "flow.phase_point",
     defaults={**FLOW_DEFAULTS, "t_end": 30.0, "n_save": 61, "delta": 1e-3, "qkv": "identity"},
-    dims={"t": ("t",), "P": ("t",), "collapsed": ("t",), "g_theory": ("t",)},
+    dims={"t": ("t",), "P": ("t",), "P_err": ("t",), "collapsed": ("t",), "g_theory": ("t",)},
     **CHECKED,
 )
 def phase_point(p: dict, seed: int) -> dict:
     """P(t) = mean fraction of pairs i != j with <x_i, x_j> >= 1 - delta over ``batch`` uniform starts.
 
-    Also the fraction of systems fully collapsed (P = 1) and the equiangular ODE
+    P_err is its standard error over the starts. Also the fraction of systems fully collapsed (P = 1) and the equiangular ODE
     g(t) from g(0) = 0 (the high-dimensional prediction, GLPR Thm 6.9).
     """
     from particles import fraction_close_pairs, uniform_sphere
@@ -147,7 +164,8 @@ def phase_point(p: dict, seed: int) -> dict:
     delta = p["delta"]
     sol = solve_checked(model, x0, p, p["t_end"], t, {"P": lambda x, m: fraction_close_pairs(x, delta=delta)})
     frac = sol.observables["P"]  # (time, batch)
-    return {"t": t, "P": frac.mean(axis=1), "collapsed": (frac >= 1.0).mean(axis=1),
+    err = frac.std(axis=1, ddof=1) / np.sqrt(frac.shape[1]) if frac.shape[1] > 1 else np.full(len(t), np.nan)
+    return {"t": t, "P": frac.mean(axis=1), "P_err": err, "collapsed": (frac >= 1.0).mean(axis=1),
             "g_theory": equiangular_solution(t, p["beta"], p["n"])}
 
 

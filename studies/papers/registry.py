@@ -37,22 +37,25 @@ class StudyEntry:
     outputs: tuple[str, ...]
 
 
+# Paper sizes (issue 13 item 1): estimates from timed tasks of each paper spec (a representative
+# fraction: one task per expensive axis value, on the shared 2-core VM under another developer's
+# benchmark load), summed over the spec's tasks and divided by 2 workers; see each module's docstring.
 # Smoke times measured with `attnflow study NAME --smoke --no-progress` on a shared 2-core VM
 # (cold numba cache excluded); the larger sizes come from the studies' docstrings and closing notes.
 STUDIES: dict[str, StudyEntry] = {
     "default": StudyEntry("studies.papers.default", "default", {"smoke": 6, "default": 180},
                           frozenset({"smoke", "default"}), ("default.h5", "default.png")),
-    "phase-diagram": StudyEntry("studies.papers.phase_diagram", "full", {"smoke": 6, "default": 180, "full": 2700},
+    "phase-diagram": StudyEntry("studies.papers.phase_diagram", "full", {"smoke": 6, "default": 180, "full": 2700, "paper": 1300},
                                 frozenset({"smoke", "default"}), ("phase_diagram.h5", "phase_diagram.png")),
-    "metastability": StudyEntry("studies.papers.metastability", "full", {"smoke": 8, "default": 75, "full": 1200},
+    "metastability": StudyEntry("studies.papers.metastability", "full", {"smoke": 8, "default": 75, "full": 1200, "paper": 180},
                                 frozenset({"smoke", "default"}), ("metastability.h5", "two_caps.h5", "metastability.png")),
-    "collapse": StudyEntry("studies.papers.collapse", "full", {"smoke": 5, "default": 20, "full": 3600},
+    "collapse": StudyEntry("studies.papers.collapse", "full", {"smoke": 5, "default": 20, "full": 3600, "paper": 540},
                            frozenset({"smoke", "default"}), ("collapse.h5", "collapse.png")),
-    "high-dim": StudyEntry("studies.papers.high_dim", "full", {"smoke": 7, "default": 15, "full": 600},
+    "high-dim": StudyEntry("studies.papers.high_dim", "full", {"smoke": 7, "default": 15, "full": 600, "paper": 150},
                            frozenset({"smoke", "default"}), ("high_dim.h5", "high_dim.png")),
-    "cov": StudyEntry("studies.papers.cov", "full", {"smoke": 17, "default": 180, "full": 1800},
+    "cov": StudyEntry("studies.papers.cov", "full", {"smoke": 17, "default": 180, "full": 1800, "paper": 600},
                       frozenset({"smoke"}), ("cov_study.h5", "cov_density.png", "cov_ks.png", "cov_collapse.png")),
-    "signalprop": StudyEntry("studies.papers.signalprop", "full", {"smoke": 5, "default": 150, "full": 900},
+    "signalprop": StudyEntry("studies.papers.signalprop", "full", {"smoke": 5, "default": 150, "full": 900, "paper": 360},
                              frozenset({"smoke"}),
                              ("signalprop.h5", "signalprop_trajectories.png", "signalprop_phase.png")),
     # trainability paper: 216 models x 150 steps against the measured full 72 x 300 (960 s), model-steps scaled
