@@ -114,12 +114,9 @@ class H5Writer:
             pkg = version("attnflow")
         except PackageNotFoundError:
             pkg = "unknown"
-        try:
-            from studies.store import git_commit
+        from studies.sweep.provenance import git_commit
 
-            commit = git_commit() or "none"
-        except ImportError:
-            commit = "none"
+        commit = git_commit() or "none"
         attrs = {
             "model": model,
             "params_json": json.dumps(params, sort_keys=True, default=str),
