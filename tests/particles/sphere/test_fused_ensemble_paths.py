@@ -76,3 +76,27 @@ def test_torch_threaded_chunks_equal_numpy(monkeypatch, model):
         torch.set_num_threads(before)
     ref = solve(model, x0, 1.0, **kw).x
     assert np.max(np.abs(got - ref)) < 1e-12
+
+
+def test_state_arrays_are_recycled_between_runs_never_shared():
+    import gc
+
+    from particles.sphere._fused import _STATES, NumbaEulerStep, _StatePool
+
+    model = SelfAttention(beta=1.0)
+    x = uniform_sphere(64, 32, 64, seed=2)  # 1 MiB: pooled
+    assert x.nbytes >= _StatePool.MIN_BYTES
+    a = NumbaEulerStep(model)
+    ptr = a(0.0, x, 0.1).ctypes.data
+    b = NumbaEulerStep(model)  # while a lives, b gets an array of its own
+    assert b(0.0, x, 0.1).ctypes.data != ptr
+    del a
+    gc.collect()
+    c = NumbaEulerStep(model)  # a's array, given back, serves the next run
+    y = c(0.0, x, 0.1)
+    assert y.ctypes.data == ptr
+    ref = solve(model, x, 0.1, dt=0.1, method="euler").x[-1]
+    assert np.max(np.abs(y - ref)) < 1e-12  # whatever the recycled array held before
+    del b, c, y
+    gc.collect()
+    assert sum(_StatePool._nbytes(v) for _, v in _STATES._free) <= _StatePool.MAX_BYTES
