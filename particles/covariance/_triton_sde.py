@@ -8,10 +8,11 @@ One launch per step does what the torch step does in some forty kernels: draw th
 Brownian matrices of every path in place (the numbers of the CPU stream,
 :mod:`integrators._philox`), drift, factor, noise, update, symmetrisation, the exit test
 (see :mod:`particles.covariance._triton_sde_kernels`). The exited flags live on the
-device and are updated there; the one host read per step is the (batch,) status byte
-``solve``'s contract asks for (``newly_exited`` as numpy). Paths whose factor or PSD
-projection needs an eigendecomposition (status 2: a state on or next to the cone's
-boundary) are redone by the torch step with the increment the kernel wrote, so every
+device; where ``solve`` hands them over as a device tensor the step returns its
+``newly_exited`` there too (a host read only to ask whether any path needs the eigen
+rule), where it hands over numpy flags the one host read is the (batch,) status byte.
+Paths whose factor or PSD projection needs an eigendecomposition (status 2: a state on
+or next to the cone's boundary) are redone by the torch step with the increment the kernel wrote, so every
 path follows the rule of :func:`particles.covariance._algebra.psd_factor` and
 :func:`integrators.matrix_steppers.psd_project`.
 """
@@ -108,7 +109,10 @@ class TritonEMStep:
         out = torch.empty_like(V)
         dw = torch.empty((B, n_noise, m, m), dtype=torch.float64, device=V.device)
         status = torch.empty(B, dtype=torch.int8, device=V.device)
-        frozen = self._device_exited(exited, V.device)
+        # ``exited``: solve's host flags (numpy; ``newly_exited`` goes back as numpy) or, where
+        # solve keeps the flags on the device, a bool tensor there (``newly_exited`` stays too)
+        on_host = isinstance(exited, np.ndarray)
+        frozen = self._device_exited(exited, V.device) if on_host else exited.to(V.device).contiguous()
         limit = math.inf if threshold is None else float(threshold)
         M = _pow2(m)
         pkey = (float(h), limit, m, str(V.device))
@@ -127,11 +131,20 @@ class TritonEMStep:
             NOISE=n_noise, PSD=self.psd, M=M, NAS=_NAS, num_warps=1 if M <= 8 else 2,
         )  # fmt: skip
         self.last_dw = dw  # the increment this step drew (the redo uses it; the tests read it)
+        lim = min(limit, torch.finfo(V.dtype).max)
+        if not on_host:
+            redo_t = status == 2
+            if bool(redo_t.any()):  # one scalar read per step: are there eigen-rule paths?
+                idx = redo_t.nonzero().squeeze(1)
+                Y, new_r = self.redo(V[idx], dw[idx], float(h), frozen[idx].bool(), lim)
+                out[idx] = Y
+                status[idx] = new_r.to(torch.int8)
+            return out, status == 1
         st = status.cpu().numpy()  # the one host read of the step
         redo = np.flatnonzero(st == 2)
         if redo.size:
             idx = torch.as_tensor(redo, device=V.device)
-            Y, new_r = self.redo(V[idx], dw[idx], float(h), frozen[idx].bool(), min(limit, torch.finfo(V.dtype).max))
+            Y, new_r = self.redo(V[idx], dw[idx], float(h), frozen[idx].bool(), lim)
             out[idx] = Y
             st[redo[new_r.cpu().numpy()]] = 1
         new = st == 1

@@ -85,6 +85,27 @@ def test_step_equals_numba_fused_step(name, method):
         assert torch.equal(Vt, Vt.mT)  # exactly symmetric
 
 
+def test_device_exit_flags_give_the_same_step():
+    """Exit flags handed over as a device tensor (solve keeping them there) come back as one."""
+    model = MODELS["block"]
+    batch, m = 8, 4
+    V0 = _v0(batch, m, seed=3) * np.linspace(0.5, 3.0, batch)[:, None, None]
+    noise = BrownianIncrements(tuple(model.noise_shape(V0.shape)), 0.05, seed=4)
+    thr = float(np.median(np.abs(V0).max(axis=(1, 2))))
+    a, _ = _triton(model, noise, True)
+    b, _ = _triton(model, noise, True)
+    ex_np, ex_t = np.zeros(batch, bool), torch.zeros(batch, dtype=torch.bool)
+    Va = Vb = torch.from_numpy(V0)
+    for k in range(2):
+        Va, new_np = a(0.0, Va, 0.05, k, ex_np, thr)
+        Vb, new_t = b(0.0, Vb, 0.05, k, ex_t, thr)
+        assert isinstance(new_t, torch.Tensor) and np.array_equal(new_t.numpy(), new_np)
+        ex_np |= new_np
+        ex_t |= new_t
+        assert torch.equal(Va, Vb)
+    assert 0 < ex_np.sum() < batch
+
+
 def test_exits_match_numba_and_stay_frozen():
     model = MODELS["attention"]
     batch, m = 10, 4
