@@ -9,7 +9,9 @@ device: the increment is drawn into one reused buffer (on a GPU, on the device b
 :mod:`integrators._philox_torch`, the same numbers), the non-symmetric parts of drift
 (:func:`_algebra.b_sa_parts`, the lower triangle of b_ReLU) and noise are summed first and symmetrised
 once (so the new state is exactly symmetric), on the CPU the batch runs in chunks that
-stay in cache, and the exit check is one reduction. Both give the generic step's numbers up to
+stay in cache, and the exit check is one reduction. On CUDA (m <= 16, float64, Triton
+installed) the whole step is one Triton kernel that draws the increments itself
+(:mod:`particles.covariance._triton_sde`). Both give the generic step's numbers up to
 rounding (tests/test_cov_fused.py).
 """
 
@@ -60,7 +62,10 @@ def fused_sde_step(model, stepper_name: str, backend, noise):
     return step
 
 
-def _torch_step(model, backend, noise, psd: bool):
+def _torch_step(model, backend, noise, psd: bool, use_triton: bool | None = None):
+    """The torch step; on CUDA (``use_triton=None``: when eligible) one Triton kernel per step
+    (:mod:`particles.covariance._triton_sde`), which ``use_triton=True`` also runs on CPU
+    tensors, under Triton's interpreter (the tests)."""
     import torch
 
     from integrators.matrix_steppers import psd_project
@@ -104,7 +109,16 @@ def _torch_step(model, backend, noise, psd: bool):
         # always the select, never "if keep.any()": that test would read the flags back every step
         return torch.where((new | frozen)[:, None, None], V, Y), new
 
+    fused = {}
+
     def step(t, V, h, k, exited, threshold):
+        if use_triton or (use_triton is None and V.device.type == "cuda"):
+            from ._triton_sde import TritonEMStep, eligible
+
+            if eligible(V):
+                if "triton" not in fused:
+                    fused["triton"] = TritonEMStep(model, noise, psd, one)
+                return fused["triton"](t, V, h, k, exited, threshold)
         B = V.shape[0]
         P = int(np.prod(noise.shape[1:]))
         if _draws_on_device(V.device):
@@ -129,5 +143,6 @@ def _torch_step(model, backend, noise, psd: bool):
         new = parts[0][1] if len(parts) == 1 else torch.cat([p[1] for p in parts])
         return Y, new  # stays on the device: solve reads the exit flags only at saves
 
+    step.kernels = fused  # the Triton step once built (tests read its last increment)
     return step
 

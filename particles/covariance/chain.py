@@ -46,7 +46,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from integrators.validation import ParameterError, check_positive_int
-from particles.shared import NetworkRun, make_generator, shaped_relu, torch_dtype
+from particles._cuda_graph import RepeatedBlock
+from particles.shared import NetworkRun, make_generator, torch_dtype
 
 from ._algebra import psd_factor
 from .models import prepare_v0
@@ -60,10 +61,34 @@ def wishart_factor(batch: int, k: int, dof: int, gen, dtype, device):
 
     if dof < k:
         return torch.randn(batch, k, dof, generator=gen, dtype=dtype, device=device)
-    T = torch.randn(batch, k, k, generator=gen, dtype=dtype, device=device).tril(-1)
-    alpha = (dof - torch.arange(k, dtype=dtype, device=device)) / 2.0  # chi^2_{dof - i} = 2 Gamma((dof - i)/2)
-    chi2 = 2.0 * torch._standard_gamma(alpha.expand(batch, k).contiguous(), generator=gen)
-    return T + torch.diag_embed(chi2.sqrt())
+    T = torch.randn(batch, k, k, generator=gen, dtype=dtype, device=device).tril_(-1)
+    chi2 = torch._standard_gamma(_gamma_shapes(batch, k, dof, dtype, device), generator=gen)
+    T.diagonal(dim1=-2, dim2=-1).copy_(chi2.mul_(2.0).sqrt_())
+    return T
+
+
+_CONSTS: dict = {}
+
+
+def _gamma_shapes(batch: int, k: int, dof: int, dtype, device):
+    """(batch, k) shapes (dof - i) / 2 of the Bartlett chi^2_{dof - i} = 2 Gamma((dof - i) / 2), made once."""
+    import torch
+
+    key = ("gamma", batch, k, dof, dtype, str(device))
+    if key not in _CONSTS:
+        alpha = (dof - torch.arange(k, dtype=dtype, device=device)) / 2.0
+        _CONSTS[key] = alpha.expand(batch, k).contiguous()
+    return _CONSTS[key]
+
+
+def _centering(m: int, dtype, device):
+    """I - 1 1^T / m (the shaped attention's centring), made once."""
+    import torch
+
+    key = ("centre", m, dtype, str(device))
+    if key not in _CONSTS:
+        _CONSTS[key] = torch.eye(m, dtype=dtype, device=device) - 1.0 / m
+    return _CONSTS[key]
 
 
 def chol_psd(G):
@@ -91,14 +116,15 @@ def chol_psd(G):
     return L
 
 
-def _gram_factor(G):
+def _gram_factor(G, graph_safe: bool = False):
     """Cholesky factor of PSD G (B, r, r): LAPACK for r > 3 (a few calls per matrix beat r
     vectorised column steps), :func:`chol_psd` for small r and wherever LAPACK fails or meets
-    a round-off pivot (singular G)."""
+    a round-off pivot (singular G). ``graph_safe``: :func:`chol_psd` alone, which never asks
+    the host whether a fallback is needed (what a CUDA graph can capture)."""
     import torch
 
     r = G.shape[-1]
-    if r <= 3:
+    if r <= 3 or graph_safe:
         return chol_psd(G)
     L, info = torch.linalg.cholesky_ex(G)
     piv = L.diagonal(dim1=-2, dim2=-1) ** 2
@@ -109,16 +135,18 @@ def _gram_factor(G):
     return L
 
 
-def _row_factor(F):
+def _row_factor(F, graph_safe: bool = False):
     """Lower-triangular R with R R^T = F F^T for F of shape (..., r, c)."""
-    return _gram_factor(F @ F.transpose(-1, -2))
+    return _gram_factor(F @ F.transpose(-1, -2), graph_safe)
 
 
 def _blockdiag(blocks):
-    """(B, H, m, k) -> (B, Hm, Hk) block-diagonal."""
+    """(B, H, m, k) -> (B, Hm, Hk) block-diagonal (one head: the block itself, no copy)."""
     import torch
 
     B, H, m, k = blocks.shape
+    if H == 1:
+        return blocks[:, 0]
     out = blocks.new_zeros(B, H, m, H, k)
     idx = torch.arange(H, device=blocks.device)
     out[:, idx, :, idx, :] = blocks.transpose(0, 1)
@@ -154,15 +182,15 @@ class FiniteWidthChain:
         return getattr(self.network, "heads", 1)
 
     # ----------------------------------------------------------------- state
-    def _v_factor(self, R, m):
+    def _v_factor(self, R, m, graph_safe=False):
         """An (m x m) factor of V = sum_h R_h R_h^T."""
         H = self.heads
         if H == 1:
             return R
-        import torch
-
-        flat = torch.cat([R[:, h * m:(h + 1) * m, :] for h in range(H)], dim=-1)
-        return _row_factor(flat)
+        # the head blocks side by side, (B, m, H Hm), by one reshape instead of H slices and a cat
+        B, k, _ = R.shape
+        flat = R.reshape(B, H, m, k).transpose(1, 2).reshape(B, m, H * k)
+        return _row_factor(flat, graph_safe)
 
     def _gram(self, R, m):
         H = self.heads
@@ -200,7 +228,7 @@ class FiniteWidthChain:
         return _row_factor(_blockdiag(K[:, None].expand(-1, H, -1, -1)) @ T), m
 
     # ---------------------------------------------------------------- layers
-    def _residual(self, R, M, lam, gamma, gen):
+    def _residual(self, R, M, lam, gamma, gen, graph_safe=False):
         """F = [lam R + gamma M G / sqrt n, gamma M T / sqrt n] -> factor of F F^T."""
         import torch
 
@@ -208,17 +236,20 @@ class FiniteWidthChain:
         n = self.n
         G = torch.randn(B, k, k, generator=gen, dtype=R.dtype, device=R.device)
         dof = n // self.heads - k
-        parts = [lam * R + (gamma / math.sqrt(n)) * (M @ G)]
+        g = gamma / math.sqrt(n)
+        first = torch.baddbmm(R, M, G, beta=lam, alpha=g)
+        # F F^T = P1 P1^T + P2 P2^T: no concatenated copy of F
+        FF = torch.bmm(first, first.transpose(-1, -2))
         if dof > 0:
-            T = wishart_factor(B, k, dof, gen, R.dtype, R.device)
-            parts.append((gamma / math.sqrt(n)) * (M @ T))
-        return _row_factor(torch.cat(parts, dim=-1))
+            MT = torch.bmm(M, wishart_factor(B, k, dof, gen, R.dtype, R.device))
+            FF.baddbmm_(MT, MT.transpose(-1, -2), alpha=g * g)
+        return _gram_factor(FF, graph_safe)
 
-    def _attention(self, R, m, gen, *, lam, gamma, heads, n_k, temperature, shaped, pre_ln):
+    def _attention(self, R, m, gen, *, lam, gamma, heads, n_k, temperature, shaped, pre_ln, graph_safe=False):
         import torch
 
         B = R.shape[0]
-        L = self._v_factor(R, m)
+        L = self._v_factor(R, m, graph_safe)
         if n_k >= m:
             Gp = torch.randn(B, heads, m, m, generator=gen, dtype=R.dtype, device=R.device)
             TK = wishart_factor(B * heads, m, n_k, gen, R.dtype, R.device).reshape(B, heads, m, m)
@@ -229,41 +260,43 @@ class FiniteWidthChain:
             prod = GQ @ GK.transpose(-1, -2)
         Lh = L[:, None]
         Y = Lh @ prod @ Lh.transpose(-1, -2)
-        A = torch.softmax(Y / temperature, dim=-1)
+        A = torch.softmax(Y.div_(temperature), dim=-1)
         if shaped:
-            A = A + torch.eye(m, dtype=R.dtype, device=R.device) - 1.0 / m
+            A.add_(_centering(m, R.dtype, R.device))
         M = _blockdiag(A @ Lh)
-        return self._residual(R, M, lam, gamma, gen)
+        return self._residual(R, M, lam, gamma, gen, graph_safe)
 
-    def _mlp_factor(self, R, m, gen, s_plus, s_minus):
+    def _mlp_factor(self, R, m, gen, s_plus, s_minus, graph_safe=False):
         """L_s with L_s L_s^T = sigma sigma^T / n, sigma = sigma_s(L_Z B), B (m x n) iid."""
         import torch
 
         n = self.n
-        L = self._v_factor(R, m)
+        L = self._v_factor(R, m, graph_safe)
         Bm = torch.randn(R.shape[0], m, n, generator=gen, dtype=R.dtype, device=R.device)
-        S = shaped_relu(L @ Bm, s_plus, s_minus)
-        return _row_factor(S / math.sqrt(n))
+        H = torch.bmm(L, Bm)
+        # sigma_s(x) / sqrt(n) = s x, s = s_+ / sqrt(n) or s_- / sqrt(n) by the sign of x
+        # (four passes; shaped_relu and the division take six)
+        S = torch.where(H > 0, H * (s_plus / math.sqrt(n)), H * (s_minus / math.sqrt(n)))
+        return _row_factor(S, graph_safe)
 
-    def _mlp(self, R, m, gen, *, lam, gamma, s_plus, s_minus, c, pre_ln):
-
-        Ls = math.sqrt(c) * self._mlp_factor(R, m, gen, s_plus, s_minus)
+    def _mlp(self, R, m, gen, *, lam, gamma, s_plus, s_minus, c, pre_ln, graph_safe=False):
+        Ls = self._mlp_factor(R, m, gen, s_plus, s_minus, graph_safe).mul_(math.sqrt(c))
         M = _blockdiag(Ls[:, None].expand(-1, self.heads, -1, -1)) if self.heads > 1 else Ls
-        return self._residual(R, M, lam, gamma, gen)
+        return self._residual(R, M, lam, gamma, gen, graph_safe)
 
-    def _lnr(self, R, m, gen, *, s_plus, s_minus, c):
-        return math.sqrt(c) * self._mlp_factor(R, m, gen, s_plus, s_minus)
+    def _lnr(self, R, m, gen, *, s_plus, s_minus, c, graph_safe=False):
+        return self._mlp_factor(R, m, gen, s_plus, s_minus, graph_safe).mul_(math.sqrt(c))
 
-    def _linear(self, R, m, gen, *, lam, gamma):
-        L = self._v_factor(R, m)
+    def _linear(self, R, m, gen, *, lam, gamma, graph_safe=False):
+        L = self._v_factor(R, m, graph_safe)
         M = _blockdiag(L[:, None].expand(-1, self.heads, -1, -1)) if self.heads > 1 else L
-        return self._residual(R, M, lam, gamma, gen)
+        return self._residual(R, M, lam, gamma, gen, graph_safe)
 
-    def step(self, R, m, gen):
-        """One block on the factor R (batch, Hm, Hm)."""
+    def step(self, R, m, gen, graph_safe: bool = False):
+        """One block on the factor R (batch, Hm, Hm); ``graph_safe``: no host synchronisation."""
         fns = {"attention": self._attention, "mlp": self._mlp, "lnr-mlp": self._lnr, "linear": self._linear}
         for kind, kw in self.network.sublayers():
-            R = fns[kind](R, m, gen, **kw)
+            R = fns[kind](R, m, gen, **kw, graph_safe=graph_safe)
         return R
 
     # ------------------------------------------------------------------- run
@@ -293,12 +326,15 @@ class FiniteWidthChain:
             raise ParameterError("n", f"the chain needs n/heads >= heads*m: n={self.n}, heads={self.heads}, m={m}")
         rec_layers, rec_V = [0], [self._gram(R, m).cpu().numpy()]
         wall = time.perf_counter()
+        # on CUDA the block is captured once in a CUDA graph and replayed (particles._cuda_graph)
+        cuda = torch.device(device).type == "cuda"
+        block = RepeatedBlock(lambda S: self.step(S, m, gen, graph_safe=cuda), gen, use_graph=cuda and depth > 1)
         with torch.no_grad():
             for layer in range(1, depth + 1):
-                R = self.step(R, m, gen)
+                R = block(R)
                 if layer % record_every == 0 or layer == depth:
                     rec_layers.append(layer)
                     rec_V.append(self._gram(R, m).cpu().numpy())
         meta = {**self.network.params(), "simulator": "chain", "seed": seed, "dtype": dtype, "device": str(device),
-                "wall_time_s": time.perf_counter() - wall}  # fmt: skip
+                "wall_time_s": time.perf_counter() - wall, "cuda_graph": block.graphed}  # fmt: skip
         return NetworkRun(np.asarray(rec_layers), np.stack(rec_V), self.n, meta)

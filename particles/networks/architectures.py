@@ -36,6 +36,7 @@ from integrators.validation import (
 )
 from particles.covariance._algebra import psd_factor
 from particles.covariance.models import prepare_v0
+from particles._cuda_graph import RepeatedBlock
 from particles.shared import NetworkRun, haar_frame, make_generator, torch_dtype
 
 from . import _layers
@@ -129,15 +130,22 @@ class _Network:
         fns = {"attention": _layers.attention, "mlp": _layers.mlp, "lnr-mlp": _layers.lnr_mlp, "linear": _layers.linear}
         rec_layers, rec_V = [0], [(X @ X.transpose(-1, -2) / self.n).cpu().numpy()]
         wall = time.perf_counter()
+
+        def one_block(X):
+            for kind, kw in subs:
+                X = fns[kind](X, gen, **kw)
+            return X
+
+        # on CUDA the block is captured once in a CUDA graph and replayed (particles._cuda_graph)
+        block = RepeatedBlock(one_block, gen, use_graph=torch.device(device).type == "cuda" and depth > 1)
         with torch.no_grad():
             for layer in range(1, depth + 1):
-                for kind, kw in subs:
-                    X = fns[kind](X, gen, **kw)
+                X = block(X)
                 if layer % record_every == 0 or layer == depth:
                     rec_layers.append(layer)
                     rec_V.append((X @ X.transpose(-1, -2) / self.n).cpu().numpy())
         meta = {**self.params(), "simulator": "plain", "seed": seed, "dtype": dtype, "device": str(device),
-                "wall_time_s": time.perf_counter() - wall}  # fmt: skip
+                "wall_time_s": time.perf_counter() - wall, "cuda_graph": block.graphed}  # fmt: skip
         return NetworkRun(np.asarray(rec_layers), np.stack(rec_V), self.n, meta)
 
 

@@ -14,17 +14,18 @@ and ``solve`` uses the generic stepper.
 
 * numba: :func:`particles.sphere._numba_kernels.euler_step_numba`, one system at a
   time in cache, parallel over systems.
-* torch: batched GEMMs on cache-sized chunks of systems, using the Gram matrix
-  G = X X^T three times: its diagonal is the softmax shift on the sphere (no
-  max pass), <x_i, A(x)_i> = sum_j W_ij G_ij is the projection coefficient
-  without touching X, and folding that into the diagonal of W makes the
-  Euler update one ``baddbmm``: x + dt (W - diag(c)) x.
+* torch: batched GEMMs on cache-sized chunks of systems (on the CPU, chunks in
+  parallel with one thread each), using the Gram matrix G = X X^T for every
+  coefficient: <x_i, A(x)_i> = sum_j W_ij G_ij is the projection coefficient
+  and |A(x)_i|^2 = (W G W^T)_ii gives the new norm without touching X, so the
+  projected Euler step and the renormalisation are one n x n matrix M per
+  system and the update is one ``bmm``: x_new = M x.
 
-Both return an array they own: the first call writes into a new one, later
-calls given that array back update it in place (each system reads only its
-own rows, all of them before writing), so a run allocates the state once
-instead of once per step -- first-touch page faults of a 67 MB array cost as
-much as several steps. ``solve`` copies what it saves and does not use a
+Both return an array they own, so a run allocates the state once (numba: later
+calls given that array back update it in place, each system reading all its
+rows before writing) or twice (torch: two arrays, each step writing the one it
+was not given) instead of once per step -- first-touch page faults of a 67 MB
+array cost as much as several steps. ``solve`` copies what it saves and does not use a
 fused step when it must keep the previous state (``exit_threshold``).
 
 References
@@ -39,6 +40,66 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["NumbaEulerStep", "TorchEulerStep", "fused_step"]
+
+
+class _StatePool:
+    """State arrays of finished runs, handed to the next run of the same shape.
+
+    A fused step owns its state arrays for one ``solve``; allocating them afresh costs a
+    first-touch page fault per page, which on the ensemble (67 MB) is as much as several
+    steps (measured here: 0.12 s for the first step, 0.017 s for the next), paid by every
+    solve while a caller's own loop allocates once. A step takes its arrays from here and
+    gives them back when it is collected; at most ``MAX_BYTES`` wait, the newest kept.
+    Only arrays of at least ``MIN_BYTES`` are pooled (small ones are cheap to fault in).
+    """
+
+    MIN_BYTES = 1 << 20
+    MAX_BYTES = 1 << 29
+
+    def __init__(self) -> None:
+        import threading
+
+        self._free: list = []  # (key, array), oldest first
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(a) -> tuple:
+        return (type(a), tuple(a.shape), str(a.dtype), str(getattr(a, "device", "cpu")))
+
+    @staticmethod
+    def _nbytes(a) -> int:
+        return int(a.nbytes) if hasattr(a, "nbytes") else a.numel() * a.element_size()
+
+    def take(self, like, make):
+        """A pooled array shaped like ``like`` (contents undefined), or ``make()``."""
+        key = self._key(like)
+        with self._lock:
+            for i, (k, a) in enumerate(self._free):
+                if k == key:
+                    del self._free[i]
+                    return a
+        return make()
+
+    def give(self, a) -> None:
+        n = self._nbytes(a)
+        if n < self.MIN_BYTES or n > self.MAX_BYTES:
+            return
+        with self._lock:
+            self._free.append((self._key(a), a))
+            while sum(self._nbytes(b) for _, b in self._free) > self.MAX_BYTES:
+                self._free.pop(0)
+
+
+_STATES = _StatePool()
+
+
+def _owned(step, like, make):
+    """An array for ``step`` to own (from the pool), returned to the pool when ``step`` is collected."""
+    import weakref
+
+    a = _STATES.take(like, make)
+    weakref.finalize(step, _STATES.give, a)
+    return a
 
 
 def _eligible(model, stepper_name: str) -> bool:
@@ -72,12 +133,30 @@ class NumbaEulerStep:
             return m.space.retract(x + dt * m.numba_drift(t, x))
         if x is not self._own:
             x = np.ascontiguousarray(x)
-            self._own = np.empty_like(x)
+            if self._own is None or self._own.shape != x.shape or self._own.dtype != x.dtype:
+                self._own = _owned(self, x, lambda: np.empty_like(x))
         return euler_step_numba(x, dt, m.beta, m.mode, m.causal, m.n_heads, m.projected, self._own)
 
 
+_POOL: dict[int, object] = {}
+
+
+def _chunk_pool(threads: int):
+    """One process-wide pool of ``threads`` workers for the CPU torch step's chunks."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if threads not in _POOL:
+        _POOL[threads] = ThreadPoolExecutor(threads, thread_name_prefix="attnflow-euler")
+    return _POOL[threads]
+
+
 class TorchEulerStep:
-    """Euler + renormalisation with batched GEMMs on chunks of systems that fit in cache."""
+    """Euler + renormalisation with batched GEMMs on chunks of systems that fit in cache.
+
+    It owns two state arrays and writes each step into the one it was not given (the
+    product y = M x cannot write over its own operand, and a copy back would cost half
+    a GEMM), so a run allocates the state twice, not once per step.
+    """
 
     #: bytes of state per chunk on the CPU (a few times L2, well inside L3); CUDA takes the whole batch
     CHUNK_BYTES = 1 << 22
@@ -86,7 +165,37 @@ class TorchEulerStep:
 
     def __init__(self, model) -> None:
         self.model = model
-        self._own = None
+        self._own: list = []
+        self._scratch: dict = {}
+
+    def _target(self, x):
+        """The owned array the step writes into: the other one when given one of them back."""
+        import torch
+
+        def make():
+            return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+        if not any(x is a for a in self._own):
+            if not (self._own and _StatePool._key(self._own[0]) == _StatePool._key(x)):
+                self._own = [_owned(self, x, make)]
+        elif len(self._own) == 1:
+            self._own.append(_owned(self, x, make))
+        return self._own[1] if x is self._own[0] else self._own[0]
+
+    def _workspace(self, like, rows: int) -> dict:
+        """Per-thread n x n scratch for ``rows`` systems (first-touching fresh buffers every
+        chunk costs as much as the elementwise ops on them)."""
+        import threading
+
+        import torch
+
+        n = like.shape[1]
+        key = (threading.get_ident(), rows, n, like.dtype, like.device)
+        ws = self._scratch.get(key)
+        if ws is None:
+            ws = {k: torch.empty(rows, n, n, dtype=like.dtype, device=like.device) for k in ("G", "W", "WG")}
+            self._scratch[key] = ws
+        return ws
 
     def __call__(self, t: float, x, dt: float):
         import torch
@@ -98,46 +207,84 @@ class TorchEulerStep:
             from .geometry import sphere_retract
 
             return sphere_retract(x + dt * self.model.drift(t, x))
-        if x is not self._own:
-            self._own = torch.empty_like(x, memory_format=torch.contiguous_format)
-        out = self._own
-        step = B if x.device.type != "cpu" else max(1, self.CHUNK_BYTES // (n * d * x.element_size()))
+        out = self._target(x)
         mask = torch.tril(torch.ones(n, n, dtype=torch.bool, device=x.device)) if self.model.causal else None
-        for s in range(0, B, step):
-            self._chunk(x[s : s + step], out[s : s + step], float(dt), mask)
+        if x.device.type != "cpu":
+            self._chunk(x, out, float(dt), mask, None)
+            return out
+        step = max(1, self.CHUNK_BYTES // (n * d * x.element_size()))
+        starts = range(0, B, step)
+
+        def run(s):
+            xs = x[s : s + step]
+            self._chunk(xs, out[s : s + step], float(dt), mask, self._workspace(x, step))
+
+        threads = torch.get_num_threads()
+        if threads == 1 or len(starts) == 1:
+            for s in starts:
+                run(s)
+            return out
+        # Chunks in parallel, each chunk's ops on one thread: torch's own intra-op threads
+        # would meet at a barrier after every op (a dozen per chunk), and on a loaded
+        # machine each barrier waits out a time slice of a preempted thread (measured:
+        # 7 ms per 1 MB op instead of 0.1 ms); threads that take whole chunks as they
+        # finish never wait for each other inside a step.
+        pool = _chunk_pool(threads)
+        torch.set_num_threads(1)
+        try:
+            list(pool.map(run, starts))
+        finally:
+            torch.set_num_threads(threads)
         return out
 
-    def _chunk(self, x, out, dt: float, mask) -> None:
-        """out = retract(x + dt f(x)) for a chunk of systems; ``out`` may be ``x`` (read fully first)."""
+    def _chunk(self, x, out, dt: float, mask, ws) -> None:
+        """out = retract(x + dt f(x)) for a chunk of systems (``out`` does not overlap ``x``).
+
+        With E the unnormalised weights, f_i = scale / z_i (SA) or scale / n (USA) and
+        A_i = f_i sum_j E_ij x_j, c_i = <x_i, A_i> = f_i (E G)_ii (G symmetric) and
+        a_i = 1 - dt c_i, the projected Euler step is y_i = a_i x_i + dt A_i, with
+        |y_i|^2 = a_i^2 G_ii + 2 dt a_i c_i + dt^2 |A_i|^2 and |A_i|^2 = f_i^2 (E G E^T)_ii:
+        every coefficient comes from n x n matrices, so the step and the renormalisation
+        are y = M x with M = diag(r) (dt diag(f) E + diag(a)), r = 1 / |y_i|; the (n x d)
+        state is read twice (G and M x) and written once.
+        """
         import torch
 
         m = self.model
-        G = torch.bmm(x, x.transpose(1, 2))
+        c = x.shape[0]
+
+        def buf(name):
+            return None if ws is None else ws[name][:c]
+
+        G = torch.bmm(x, x.transpose(1, 2), out=buf("G"))
+        d = G.diagonal(dim1=-2, dim2=-1)
+        W = buf("W")
         if m.mode == 0:
             if m.projected:
                 # On the sphere G_ii = |x_i|^2 is the row maximum (Cauchy-Schwarz, up to
                 # rounding), so it is the stable-softmax shift without a max pass.
-                W = torch.sub(G, G.diagonal(dim1=-2, dim2=-1).unsqueeze(-1)).mul_(m.beta)
-                if mask is not None:
-                    W.masked_fill_(~mask, float("-inf"))
-                W.exp_()
-                W.div_(W.sum(-1, keepdim=True))
+                W = torch.sub(G, d.unsqueeze(-1), out=W).mul_(m.beta)
             else:
-                S = G * m.beta
-                if mask is not None:
-                    S.masked_fill_(~mask, float("-inf"))
-                W = torch.softmax(S, dim=-1)
-            scale = float(m.n_heads)
+                W = torch.mul(G, m.beta, out=W)
+            if mask is not None:
+                W.masked_fill_(~mask, float("-inf"))
+            if not m.projected:
+                W.sub_(W.amax(dim=-1, keepdim=True))
+            W.exp_()
+            f = W.sum(-1).reciprocal_().mul_(float(m.n_heads))
         else:
-            W = G.mul(m.beta).sub_(m.beta if m.mode == 2 else 0.0).exp_()
+            W = torch.mul(G, m.beta, out=W).sub_(m.beta if m.mode == 2 else 0.0).exp_()
             if mask is not None:
                 W.masked_fill_(~mask, 0.0)
-            scale = m.n_heads / x.shape[1]
-        if m.projected:
-            # <x_i, sum_j W_ij x_j> = sum_j W_ij G_ij, moved onto the diagonal of W
-            W.diagonal(dim1=-2, dim2=-1).sub_(torch.linalg.vecdot(W, G, dim=-1))
-        y = torch.baddbmm(x, W, x, alpha=dt * scale)  # x + dt * scale * (W - diag c) x
-        if m.projected:
-            torch.div(y, torch.linalg.vector_norm(y, dim=-1, keepdim=True), out=out)
+            f = torch.full(d.shape, m.n_heads / x.shape[1], dtype=x.dtype, device=x.device)
+        if not m.projected:
+            W.mul_(f.mul_(dt).unsqueeze(-1)).diagonal(dim1=-2, dim2=-1).add_(1.0)
         else:
-            out.copy_(y)
+            WG = torch.bmm(W, G, out=buf("WG"))
+            cc = WG.diagonal(dim1=-2, dim2=-1).mul(f)  # <x_i, A_i>
+            aa = WG.mul_(W).sum(-1).mul_(f).mul_(f)  # |A_i|^2
+            a = torch.mul(cc, -dt).add_(1.0)
+            # r^-2 = a^2 G_ii + 2 dt a c + dt^2 |A|^2
+            r = torch.addcmul(aa.mul_(dt * dt), a, cc, value=2.0 * dt).addcmul_(a * a, d).rsqrt_()
+            W.mul_(f.mul_(r).mul_(dt).unsqueeze(-1)).diagonal(dim1=-2, dim2=-1).add_(a.mul_(r))
+        torch.bmm(W, x, out=out)

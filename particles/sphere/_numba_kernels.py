@@ -279,7 +279,10 @@ def euler_step_numba(x, dt: float, beta: float, mode: int, causal: bool, heads: 
     Q = K = V = I and ``heads`` identical heads. ``out`` may be ``x`` itself (an
     in-place step) but must not overlap it otherwise.
     """
-    q = x[None]
-    flags = (int(mode), bool(causal), float(heads), True, bool(projected))
-    _run_small(x, q, q, q, _no_base(x), False, float(beta), *flags, True, float(dt), bool(projected), out)
+    from ._numba_euler import euler_kernel
+
+    # dynamic chunks of systems, as in _run_small
+    per = max(1, x.shape[0] // (16 * nb.get_num_threads()))
+    with nb.parallel_chunksize(1):
+        euler_kernel(x, float(beta), int(mode), bool(causal), float(heads), bool(projected), float(dt), per, out)
     return out

@@ -53,20 +53,22 @@ def build(name: str, maker, interpret: bool):
     return _BUILT[key]
 
 
-def load_kernels(filename: str, interpret: bool):
+def load_kernels(filename: str, interpret: bool, beside: str | None = None):
     """The module ``filename`` (beside this one; it imports triton at its top), loaded once per mode.
 
     Kernels that call other ``triton.jit`` functions must live at a module's top level
     (Triton resolves callees through the module's globals), and ``triton.jit`` decides at
     definition time whether it interprets; so the module is executed once for each mode,
-    under its own name.
+    under its own name. ``beside``: a file whose folder holds ``filename`` (default: this one's).
     """
     import importlib.util
     import pathlib
 
+    where = pathlib.Path(beside or __file__)
+
     def maker():
-        name = f"particles.sphere._{pathlib.Path(filename).stem}_{'interp' if interpret else 'cuda'}"
-        spec = importlib.util.spec_from_file_location(name, pathlib.Path(__file__).with_name(filename))
+        name = f"particles.{where.parent.name}._{pathlib.Path(filename).stem}_{'interp' if interpret else 'cuda'}"
+        spec = importlib.util.spec_from_file_location(name, where.with_name(filename))
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
         return mod

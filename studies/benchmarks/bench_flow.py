@@ -1,6 +1,6 @@
 """Performance of the attention flow, every ratio from one run.
 
-    python -m studies.benchmarks.bench_flow [--quick] [--out FILE]
+    python -m studies.benchmarks.bench_flow [--quick] [--only ensemble] [--out FILE]
 
 Measures, on this machine and in this process (same threads for everyone):
 
@@ -18,7 +18,9 @@ Measures, on this machine and in this process (same threads for everyone):
 
 Times are best-of-k, the measurements interleaved (with a short pause between
 calls, see ``SETTLE_S``), so that load from other processes hits every
-contender alike. ``--quick`` uses small sizes (seconds).
+contender alike. ``--quick`` uses small sizes (seconds). ``--only ensemble``
+runs part 4 alone (its two targets), so that the ensemble ratios can be
+re-measured several times on a shared machine without the drift and memory parts.
 Writes JSON (with a readable ``table``) to ``--out`` and prints the table.
 """
 
@@ -37,7 +39,7 @@ import numpy as np
 
 from .flow_baselines import AuthorsEuler, gemm_rate, numpy_dense_drift
 
-__all__ = ["SIZES", "main", "run"]
+__all__ = ["PARTS", "SIZES", "main", "run"]
 
 # 100 Euler steps per solve: a phase-diagram run is 300 (t in [0, 30], dt = 0.1),
 # so solve's fixed costs (input validation, first touch of its buffers) weigh
@@ -157,26 +159,38 @@ def _ensemble(batch: int, steps: int, repeat: int) -> dict:
     }
 
 
-def run(quick: bool) -> dict:
+#: the parts ``--only`` can pick
+PARTS = ("all", "ensemble")
+
+
+def run(quick: bool, only: str = "all") -> dict:
     import numba
     import torch
 
+    if only not in PARTS:
+        raise ValueError(f"only: expected one of {PARTS}, got {only!r}")
     size = SIZES["quick" if quick else "full"]
     load0 = os.getloadavg()
-    gemm = gemm_rate(size["gemm"], size["repeat"])
-    machine = max(gemm.values())
-    drift = _drift(size["drift_n"], size["repeat"])
-    mem = _memory(size["mem_n"])
+    ratios = {}
+    result = {"quick": quick, "only": only}
+    if only == "all":
+        gemm = gemm_rate(size["gemm"], size["repeat"])
+        machine = max(gemm.values())
+        drift = _drift(size["drift_n"], size["repeat"])
+        mem = _memory(size["mem_n"])
+        ts = drift["seconds"]
+        mem_key = "memory_extra_mb_n65536" if not quick else f"memory_extra_mb_n{size['mem_n']}"
+        ratios = {
+            "drift_numba_time_over_sdpa": (ts["numba"] / ts["sdpa"], "<=", 1.25),
+            "drift_numpy_dense_time_over_numba": (ts["numpy_dense"] / ts["numba"], ">", 1.0),
+            "drift_numba_flop_rate_over_gemm": (drift["numba_gflops"] / machine, ">=", 0.5),
+            mem_key: (mem["extra_mb"], "<", 300.0),
+        }
+        result.update(gemm={**gemm, "machine_gflops": machine, "size": size["gemm"]}, drift=drift, memory=mem)
     ens = _ensemble(size["ens_batch"], size["ens_steps"], size["ens_repeat"])
-    ts, rs = drift["seconds"], ens["system_steps_per_s"]
-    ratios = {
-        "drift_numba_time_over_sdpa": (ts["numba"] / ts["sdpa"], "<=", 1.25),
-        "drift_numpy_dense_time_over_numba": (ts["numpy_dense"] / ts["numba"], ">", 1.0),
-        "drift_numba_flop_rate_over_gemm": (drift["numba_gflops"] / machine, ">=", 0.5),
-        "memory_extra_mb_n65536" if not quick else f"memory_extra_mb_n{size['mem_n']}": (mem["extra_mb"], "<", 300.0),
-        "ensemble_numba_over_authors": (rs["numba"] / rs["authors_torch"], ">=", 3.0),
-        "ensemble_torch_over_authors": (rs["torch"] / rs["authors_torch"], ">=", 1.5),
-    }
+    rs = ens["system_steps_per_s"]
+    ratios["ensemble_numba_over_authors"] = (rs["numba"] / rs["authors_torch"], ">=", 3.0)
+    ratios["ensemble_torch_over_authors"] = (rs["torch"] / rs["authors_torch"], ">=", 1.5)
     targets = {
         k: {
             "value": v,
@@ -187,9 +201,8 @@ def run(quick: bool) -> dict:
         }
         for k, (v, op, bound) in ratios.items()
     }
-    result = {
-        "quick": quick,
-        "meta": {
+    result.update(
+        meta={
             "python": platform.python_version(),
             "numpy": np.__version__,
             "numba": numba.__version__,
@@ -202,32 +215,35 @@ def run(quick: bool) -> dict:
             "loadavg_after": os.getloadavg(),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         },
-        "gemm": {**gemm, "machine_gflops": machine, "size": size["gemm"]},
-        "drift": drift,
-        "memory": mem,
-        "ensemble": ens,
-        "targets": targets,
-    }
+        ensemble=ens,
+        targets=targets,
+    )
     result["table"] = _table(result)
     return result
 
 
 def _table(r: dict) -> str:
-    d, e = r["drift"], r["ensemble"]
+    e = r["ensemble"]
     m = r["meta"]
     lines = [
         (
             f"attention-flow benchmark ({'quick' if r['quick'] else 'full'}), {m['cpu_count']} CPUs, "
             f"torch {m['torch_threads']} / numba {m['numba_threads']} threads, "
             f"load {m['loadavg_before'][0]:.2f} -> {m['loadavg_after'][0]:.2f}"
-        ),
-        f"float64 GEMM: numpy {r['gemm']['numpy_gflops']:.1f}, torch {r['gemm']['torch_gflops']:.1f} GFLOP/s",
-        (
-            f"SA drift n={d['n']} d={d['d']}: numba {d['seconds']['numba'] * 1e3:.1f} ms "
-            f"({d['numba_gflops']:.1f} GFLOP/s), SDPA {d['seconds']['sdpa'] * 1e3:.1f} ms, "
-            f"numpy dense {d['seconds']['numpy_dense'] * 1e3:.1f} ms"
-        ),
-        f"memory n={r['memory']['n']}: {r['memory']['extra_mb']:.1f} MB extra ({r['memory']['seconds']:.1f} s)",
+        )
+    ]
+    if "drift" in r:
+        d = r["drift"]
+        lines += [
+            f"float64 GEMM: numpy {r['gemm']['numpy_gflops']:.1f}, torch {r['gemm']['torch_gflops']:.1f} GFLOP/s",
+            (
+                f"SA drift n={d['n']} d={d['d']}: numba {d['seconds']['numba'] * 1e3:.1f} ms "
+                f"({d['numba_gflops']:.1f} GFLOP/s), SDPA {d['seconds']['sdpa'] * 1e3:.1f} ms, "
+                f"numpy dense {d['seconds']['numpy_dense'] * 1e3:.1f} ms"
+            ),
+            f"memory n={r['memory']['n']}: {r['memory']['extra_mb']:.1f} MB extra ({r['memory']['seconds']:.1f} s)",
+        ]
+    lines += [
         (
             f"ensemble {e['batch']}x{e['n']}x{e['d']}, {e['steps']} Euler steps: "
             + ", ".join(f"{k} {v:,.0f}" for k, v in e["system_steps_per_s"].items())
@@ -244,9 +260,10 @@ def _table(r: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m studies.benchmarks.bench_flow", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small sizes, seconds")
+    p.add_argument("--only", choices=PARTS, default="all", help="run every part, or the ensemble part alone")
     p.add_argument("--out", type=Path, default=Path("benchmark_results/flow.json"), help="JSON output file")
     a = p.parse_args(argv)
-    result = run(a.quick)
+    result = run(a.quick, a.only)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=2) + "\n")
     print(result["table"])

@@ -133,11 +133,12 @@ def _networks(size: dict) -> dict:
     net = ShapedTransformer(n, 1 / math.sqrt(8), 1.0)
     V0 = 0.8 * np.eye(8) + 0.2
     chain = FiniteWidthChain(net)
-    t_chain, _ = _timed(lambda: chain.run(V0, d, seed=1, batch=b, record_every=k, device="cuda"))
-    t_plain, _ = _timed(lambda: net.run(V0, k, seed=2, batch=b, record_every=k, device="cuda"))
+    t_chain, run_c = _timed(lambda: chain.run(V0, d, seed=1, batch=b, record_every=k, device="cuda"))
+    t_plain, run_p = _timed(lambda: net.run(V0, k, seed=2, batch=b, record_every=k, device="cuda"))
     per_block = t_plain / k
     return {"n": n, "m": 8, "depth": d, "batch": b, "chain_s": t_chain, "plain_s_per_block": per_block,
-            "plain_s_extrapolated": per_block * d, "ratio": per_block * d / t_chain, "target": ">= 20x"}  # fmt: skip
+            "plain_s_extrapolated": per_block * d, "ratio": per_block * d / t_chain, "target": ">= 20x",
+            "chain_cuda_graph": run_c.meta["cuda_graph"], "plain_cuda_graph": run_p.meta["cuda_graph"]}  # fmt: skip
 
 
 def _table(r: dict) -> str:
@@ -157,7 +158,8 @@ def _table(r: dict) -> str:
                  f"{s['torchsde_s']:.3f} s -> {s['ratio']:.2f}x (target {s['target']})")  # fmt: skip
     w = r["networks"]
     lines.append(f"exact chain n={w['n']} d={w['depth']} batch {w['batch']}: chain {w['chain_s']:.3f} s, plain "
-                 f"{w['plain_s_extrapolated']:.3f} s (extrapolated) -> {w['ratio']:.2f}x (target {w['target']})")  # fmt: skip
+                 f"{w['plain_s_extrapolated']:.3f} s (extrapolated) -> {w['ratio']:.2f}x (target {w['target']}); "
+                 f"CUDA graph: chain {w['chain_cuda_graph']}, plain {w['plain_cuda_graph']}")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -1,0 +1,102 @@
+"""The ensemble fast paths (issue 11, point 8) compute the general kernels' numbers.
+
+* the Numba Euler kernel (:mod:`particles.sphere._numba_euler`) against the general
+  per-system kernel with its Euler epilogue, every normalisation, mask, head count,
+  projected or not, n a multiple of the 4 x 4 blocks or not, in place or not;
+* the torch CPU step with its chunks spread over threads against the numpy reference
+  (the test makes the chunks small so that several run at once), and the caller's
+  torch thread count is restored.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from integrators import solve
+from particles import SelfAttention, uniform_sphere
+
+
+def _general_euler(x, dt, beta, mode, causal, heads, projected):
+    from particles.sphere import _numba_kernels as K
+
+    out = np.empty_like(x)
+    q = x[None]
+    flags = (mode, causal, float(heads), True, projected)
+    K._run_small(x, q, q, q, K._no_base(x), False, beta, *flags, True, dt, projected, out)
+    return out
+
+
+@pytest.mark.parametrize("n", [16, 13])
+@pytest.mark.parametrize("mode", [0, 1, 2])
+def test_numba_euler_kernel_equals_general_kernel(n, mode):
+    from particles.sphere._numba_kernels import euler_step_numba
+
+    x = uniform_sphere(9, n, 24, seed=5)
+    for causal in (False, True):
+        for heads in (1, 3):
+            for projected in (True, False):
+                ref = _general_euler(x, 0.1, 2.5, mode, causal, heads, projected)
+                out = euler_step_numba(x, 0.1, 2.5, mode, causal, heads, projected, np.empty_like(x))
+                assert np.max(np.abs(out - ref)) < 1e-14
+                y = x.copy()
+                assert euler_step_numba(y, 0.1, 2.5, mode, causal, heads, projected, y) is y
+                assert np.max(np.abs(y - ref)) < 1e-14
+                if projected:
+                    assert np.max(np.abs(np.linalg.norm(y, axis=-1) - 1.0)) < 1e-14
+
+
+def test_numba_euler_kernel_keeps_float32():
+    from particles.sphere._numba_kernels import euler_step_numba
+
+    x = uniform_sphere(4, 12, 8, seed=1)
+    ref = _general_euler(x, 0.1, 1.0, 0, False, 1, True)
+    out = euler_step_numba(x.astype(np.float32), 0.1, 1.0, 0, False, 1, True, np.empty(x.shape, np.float32))
+    assert out.dtype == np.float32 and np.max(np.abs(out - ref)) < 1e-6
+
+
+@pytest.mark.parametrize(
+    "model",
+    [SelfAttention(beta=3.0), SelfAttention(beta=1.0, normalization="usa", causal=True), SelfAttention(beta=0.5, projected=False)],
+    ids=["sa", "usa-causal", "unprojected"],
+)
+def test_torch_threaded_chunks_equal_numpy(monkeypatch, model):
+    torch = pytest.importorskip("torch")
+    from particles.sphere._fused import TorchEulerStep
+
+    x0 = uniform_sphere(11, 12, 6, seed=3)
+    monkeypatch.setattr(TorchEulerStep, "CHUNK_BYTES", 2 * 12 * 6 * 8)  # two systems a chunk: six chunks
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        kw = {"dt": 0.05, "method": "euler", "save_at": [0.0, 0.5, 1.0]}
+        got = solve(model, x0, 1.0, backend="torch", **kw).x
+        assert torch.get_num_threads() == 2  # restored after every step
+    finally:
+        torch.set_num_threads(before)
+    ref = solve(model, x0, 1.0, **kw).x
+    assert np.max(np.abs(got - ref)) < 1e-12
+
+
+def test_state_arrays_are_recycled_between_runs_never_shared():
+    import gc
+
+    from particles.sphere._fused import _STATES, NumbaEulerStep, _StatePool
+
+    model = SelfAttention(beta=1.0)
+    x = uniform_sphere(64, 32, 64, seed=2)  # 1 MiB: pooled
+    assert x.nbytes >= _StatePool.MIN_BYTES
+    a = NumbaEulerStep(model)
+    ptr = a(0.0, x, 0.1).ctypes.data
+    b = NumbaEulerStep(model)  # while a lives, b gets an array of its own
+    assert b(0.0, x, 0.1).ctypes.data != ptr
+    del a
+    gc.collect()
+    c = NumbaEulerStep(model)  # a's array, given back, serves the next run
+    y = c(0.0, x, 0.1)
+    assert y.ctypes.data == ptr
+    ref = solve(model, x, 0.1, dt=0.1, method="euler").x[-1]
+    assert np.max(np.abs(y - ref)) < 1e-12  # whatever the recycled array held before
+    del b, c, y
+    gc.collect()
+    assert sum(_StatePool._nbytes(v) for _, v in _STATES._free) <= _StatePool.MAX_BYTES
