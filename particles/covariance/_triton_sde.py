@@ -42,7 +42,7 @@ def _asin_series(n: int) -> list[float]:
 
 def eligible(V) -> bool:
     """The kernel's case: float64 (batch, m, m) with m <= MAX_M, and triton importable."""
-    from particles.sphere._triton_build import triton_available
+    from particles._triton_build import triton_available
 
     return V.ndim == 3 and V.shape[-1] <= MAX_M and str(V.dtype) == "torch.float64" and triton_available()
 
@@ -96,7 +96,7 @@ class TritonEMStep:
         import torch
 
         from integrators import _philox as ph
-        from particles.sphere._triton_build import check_tensor, load_kernels
+        from particles._triton_build import check_tensor, load_kernels
 
         interpret = check_tensor(V, "V")
         kern = load_kernels("_triton_sde_kernels.py", interpret, beside=__file__).em_kernel

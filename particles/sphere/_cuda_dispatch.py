@@ -28,7 +28,7 @@ def _is_attention(model) -> bool:
 
 def field_path(model, x) -> str:
     """'sdpa', 'triton' or 'torch': the kernel :func:`cuda_drift` uses for ``model`` at state ``x``."""
-    from ._triton_build import triton_available
+    from particles._triton_build import triton_available
 
     dt = str(x.dtype).removeprefix("torch.")
     if model.normalization == "sa" and dt in _SDPA_DTYPES:
@@ -92,7 +92,7 @@ class CudaEulerStep:
         self.field = cuda_drift(model)
 
     def __call__(self, t: float, x, dt: float):
-        from ._triton_build import triton_available
+        from particles._triton_build import triton_available
         from ._triton_euler import eligible
 
         if x.dtype.is_floating_point and x.element_size() in (4, 8) and triton_available() and eligible(self.model, x):

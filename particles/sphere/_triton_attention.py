@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from integrators.validation import ParameterError
 
-from ._triton_build import build, check_tensor
+from particles._triton_build import build, check_tensor, device_scalars
 
 __all__ = ["flash_attention_field", "model_field"]
 
@@ -37,12 +37,17 @@ def _make():
     @triton.jit
     def attention_field_kernel(
         X, Qp, Kp, Vp, BASE, OUT,
-        n, H, beta, shift, inv_n, head_scale,
+        n, H, P,
         sxb, sxn, sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sbb, sbn, sob, son,
         DK: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         BLOCK_DK: tl.constexpr, BLOCK_D: tl.constexpr, MODE: tl.constexpr, CAUSAL: tl.constexpr,
         PROJECT: tl.constexpr, HAS_BASE: tl.constexpr,
     ):  # fmt: skip
+        # real parameters from a tensor in the state's dtype (Triton passes Python floats as float32)
+        beta = tl.load(P + 0)
+        shift = tl.load(P + 1)
+        inv_n = tl.load(P + 2)
+        head_scale = tl.load(P + 3)
         pid_m = tl.program_id(0)
         b = tl.program_id(1).to(tl.int64)
         rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -152,8 +157,9 @@ def flash_attention_field(
     mode = _MODES[normalization]
     b_ = out if base is None else base
     grid = (-(-n // bm), B)
+    params = device_scalars((float(beta), float(beta) if mode == 2 else 0.0, 1.0 / n, float(head_scale)), x)
     kern[grid](
-        x, q, k, v, b_, out, n, H, float(beta), float(beta) if mode == 2 else 0.0, 1.0 / n, float(head_scale),
+        x, q, k, v, b_, out, n, H, params,
         x.stride(0), x.stride(1), q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), b_.stride(0), b_.stride(1), out.stride(0), out.stride(1),
         DK=dk, D=d, BLOCK_M=bm, BLOCK_N=bn, BLOCK_DK=_pow2(dk), BLOCK_D=_pow2(d), MODE=mode,

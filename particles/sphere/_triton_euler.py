@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from integrators.validation import ParameterError
 
-from ._triton_build import check_tensor, load_kernels
+from particles._triton_build import check_tensor, device_scalars, load_kernels
 
 __all__ = ["MAX_N", "TritonEulerStep", "eligible", "euler_steps"]
 
@@ -70,10 +70,11 @@ def euler_steps(model, x, dt: float, steps: int = 1, buf=None, block_m: int | No
     bm = block_m or min(_pow2(n), 32 if big else 64)
     bn = block_n or min(_pow2(n), 32 if big else 64)
     mode = _MODES[model.normalization]
-    kern = load_kernels("_triton_euler_kernels.py", interpret).euler_kernel
+    kern = load_kernels("_triton_euler_kernels.py", interpret, beside=__file__).euler_kernel
+    beta = float(model.beta)
+    params = device_scalars((float(dt), beta, beta if mode == 2 else 0.0, 1.0 / n, float(model.n_heads)), x)
     kern[(B,)](
-        x, buf, n, int(steps), float(dt), float(model.beta), float(model.beta) if mode == 2 else 0.0, 1.0 / n,
-        float(model.n_heads), buf.stride(0), D=d, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=_pow2(d), MODE=mode,
+        x, buf, n, int(steps), params, buf.stride(0), D=d, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=_pow2(d), MODE=mode,
         CAUSAL=bool(model.causal), PROJECT=bool(model.projected),
         **({} if interpret else {"num_warps": 4 if n * d <= 4096 else 8, "num_stages": 1}),
     )  # fmt: skip

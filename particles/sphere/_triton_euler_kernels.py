@@ -56,9 +56,16 @@ def _one_step(SRC, DST, n, dt, beta, shift, inv_n, head_scale,
         tl.store(DST + rows[:, None] * D + cd[None, :], y, mask=rmask[:, None] & dmask[None, :])
 
 @triton.jit
-def euler_kernel(X, BUF, n, steps, dt, beta, shift, inv_n, head_scale, slot,
+def euler_kernel(X, BUF, n, steps, P, slot,
                  D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                  MODE: tl.constexpr, CAUSAL: tl.constexpr, PROJECT: tl.constexpr):  # fmt: skip
+    # the real parameters come from a tensor in the state's dtype: Triton passes Python floats as
+    # float32, which would cost float64 runs seven digits of dt and beta
+    dt = tl.load(P + 0)
+    beta = tl.load(P + 1)
+    shift = tl.load(P + 2)
+    inv_n = tl.load(P + 3)
+    head_scale = tl.load(P + 4)
     b = tl.program_id(0).to(tl.int64)
     per = n * D
     # step 0 reads the caller's state; step s > 0 reads slot (s - 1) % 2 and writes slot s % 2

@@ -36,7 +36,7 @@ def test_sdpa_field_matches_reference(causal):
 
 def test_cuda_euler_step_fallbacks_match_numpy(monkeypatch):
     """Without the Triton kernel the CUDA Euler step falls back to the fused torch step or the field."""
-    from particles.sphere import _triton_build
+    from particles import _triton_build
 
     monkeypatch.setattr(_triton_build, "triton_available", lambda: False)
     x = uniform_sphere(batch=2, n=12, d=4, seed=2)

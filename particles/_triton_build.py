@@ -53,18 +53,18 @@ def build(name: str, maker, interpret: bool):
     return _BUILT[key]
 
 
-def load_kernels(filename: str, interpret: bool, beside: str | None = None):
-    """The module ``filename`` (beside this one; it imports triton at its top), loaded once per mode.
+def load_kernels(filename: str, interpret: bool, beside: str):
+    """The module ``filename`` (in the folder of the file ``beside``; it imports triton at its top), loaded once per mode.
 
     Kernels that call other ``triton.jit`` functions must live at a module's top level
     (Triton resolves callees through the module's globals), and ``triton.jit`` decides at
     definition time whether it interprets; so the module is executed once for each mode,
-    under its own name. ``beside``: a file whose folder holds ``filename`` (default: this one's).
+    under its own name. ``beside``: a file whose folder holds ``filename`` (the caller's ``__file__``).
     """
     import importlib.util
     import pathlib
 
-    where = pathlib.Path(beside or __file__)
+    where = pathlib.Path(beside)
 
     def maker():
         name = f"particles.{where.parent.name}._{pathlib.Path(filename).stem}_{'interp' if interpret else 'cuda'}"
@@ -88,3 +88,24 @@ def check_tensor(x, name: str = "x") -> bool:
     if x.device.type not in ("cuda", "cpu"):
         raise ParameterError("device", f"the Triton kernels run on CUDA (or the CPU interpreter), got {x.device}")
     return x.device.type == "cpu"
+
+
+_SCALARS: dict = {}
+
+
+def device_scalars(values: tuple[float, ...], like):
+    """A small tensor of kernel parameters in ``like``'s dtype on its device, made once per value set.
+
+    Triton passes Python floats to kernels as float32; float64 kernels read their real
+    parameters from this tensor instead. Caching it keeps the step loop free of host-to-device
+    copies (a solve calls the kernel with the same values at every step).
+    """
+    import torch
+
+    key = (values, like.dtype, str(like.device))
+    t = _SCALARS.get(key)
+    if t is None:
+        if len(_SCALARS) > 256:  # a sweep over many (dt, beta): keep the cache small
+            _SCALARS.clear()
+        t = _SCALARS[key] = torch.tensor(values, dtype=like.dtype, device=like.device)
+    return t
