@@ -49,8 +49,9 @@ def _cov_z(r, S):
     return float(np.max(z[UNIQUE[0], UNIQUE[1]][:, UNIQUE[0], UNIQUE[1]]))
 
 
-#: Monte-Carlo samples per sub-block; attention needs many to resolve its O(1/n) drift bias at n = 64.
-SAMPLES = {"attention": 400_000, "mlp": 20_000, "block": 20_000}
+#: Monte-Carlo samples per sub-block; attention needs many to resolve its O(1/n) drift bias at n = 64
+#: (slow). At 10^4 the MLP and block checks pass with margin: z <= 2 against 4.5, e64 / e1024 = 4.1 against 2.
+SAMPLES = {"attention": 400_000, "mlp": 10_000, "block": 10_000}
 #: Chunks of 5000 samples keep the n = 1024 chain under about 0.5 GB.
 CHUNK = 5_000
 

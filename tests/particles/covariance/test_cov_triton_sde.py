@@ -64,8 +64,17 @@ def test_increments_are_the_cpu_stream(factor):
         assert np.all(np.abs(ref[differ]) > ph._ZR * np.sqrt(fine.dt))
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
-@pytest.mark.parametrize("method", sorted(METHODS))
+#: Every model meets both steps somewhere in the default run (each model once, each step on two);
+#: the other half of the matrix runs under -m slow (the interpreter takes 3-6 s a case).
+_DEFAULT_CASES = {("euler-maruyama", "block"), ("euler-maruyama", "lnr"), ("psd-euler-maruyama", "attention"),
+                  ("psd-euler-maruyama", "linear")}
+
+
+@pytest.mark.parametrize(
+    "method, name",
+    [pytest.param(meth, name, marks=() if (meth, name) in _DEFAULT_CASES else pytest.mark.slow)
+     for meth in sorted(METHODS) for name in sorted(MODELS)],
+)
 def test_step_equals_numba_fused_step(name, method):
     model = MODELS[name]
     batch, m = 12, 5
