@@ -160,17 +160,7 @@ def quadratic_r2(a: np.ndarray | None, g: np.ndarray | None, y: np.ndarray) -> t
             cols += [v, v**2]
     if a is not None and g is not None:
         cols.append(a * g)
-    X = np.stack(cols, axis=1)
-    if X.shape[0] <= X.shape[1]:
-        return float("nan"), float("nan")
-    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
-    resid = y - X @ coef
-    hat = np.einsum("ij,ji->i", X, np.linalg.pinv(X))
-    press = resid / np.clip(1.0 - hat, 1e-12, None)
-    ss_tot = float(np.sum((y - y.mean()) ** 2))
-    if ss_tot <= 0:
-        return float("nan"), float("nan")
-    return 1.0 - float(np.sum(resid**2)) / ss_tot, 1.0 - float(np.sum(press**2)) / ss_tot
+    return _r2_of(np.stack(cols, axis=1), y)
 
 
 def fit_r2(a: np.ndarray, g: np.ndarray, y: np.ndarray) -> tuple[float, float, str]:
