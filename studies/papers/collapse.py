@@ -10,10 +10,9 @@ the figure).
 
 Sizes: ``full`` = studies/papers/collapse.toml (n in {8, 32, 64}, d in
 {3, 8, 32, 128}, 24 betas in [0.25, 6], 32 systems per point, t_max = 100:
-about an hour on 2 cores); ``default``: n in {8, 32}, d in {3, 32}, 10 betas
+about 2 minutes on 2 cores, measured); ``default``: n in {8, 32}, d in {3, 32}, 10 betas
 (about a minute); ``paper``: the full grid with 2 x 64 systems per point (GLPR state no
-count: our choice), about 9 minutes on 2 cores, an estimate from timed tasks (the full
-size's hour above is an old estimate: its tasks take 0.02-0.5 s at 8 systems); ``smoke``: seconds.
+count: our choice), about 7 minutes on 2 cores (measured); ``smoke``: seconds.
 
 References
 ----------

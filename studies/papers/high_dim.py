@@ -8,10 +8,10 @@ with g(t) marked, the mean +- standard deviation against g(t) for every d, and
 the spread at a middle time times sqrt(d) (flat if fluctuations ~ d^{-1/2}).
 
 Sizes: ``full`` = studies/papers/high_dim.toml (n = 32, d in {64, ..., 2048},
-beta in {1, 4}, 16 systems per point: about 10 minutes on 2 cores);
+beta in {1, 4}, 16 systems per point: about 20 s on 2 cores, measured);
 ``default``: d in {32, 128, 512} (under a minute); ``paper``: the full grid with 4 x 64
-systems per point (Thm 6.9 is asymptotic; no count to follow), about 3 minutes on 2 cores,
-an estimate from timed tasks; ``smoke``: seconds.
+systems per point (Thm 6.9 is asymptotic; no count to follow), about 4 minutes on 2 cores
+(measured); ``smoke``: seconds.
 
 References
 ----------

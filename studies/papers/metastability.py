@@ -12,12 +12,11 @@ gives T ~ e^{beta (1 - rho0)} / beta, so log(beta T) is fitted too).
 
 Sizes: ``full`` = the two spec files (3 x 8 x 8 trajectories to t = 100;
 2 x 8 x 2 x 4 cap systems, beta in [6, 20], merge times up to ~800): about
-20 minutes on 2 cores; ``default``: t <= 40, fewer seeds, beta in [2, 14]
+45 s on 2 cores (measured); ``default``: t <= 40, fewer seeds, beta in [2, 14]
 (about a minute); ``paper``: GLPR Fig. 4's n = 32, d = 2, beta in {1, 4, 9} (plateaus over
 t in [18, 30]) and META's staircase to t = 100, with 8 x 64 starts per beta (the papers show
 single runs, so the count is our choice) and 4 seeds per cap pair: about 3 minutes on 2 cores,
-an estimate from timed tasks (the full size's 20 minutes above is an old estimate: its tasks
-take 1-2 s each); ``smoke``: seconds.
+an estimate from timed tasks; ``smoke``: seconds.
 
 References
 ----------

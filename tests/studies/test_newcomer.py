@@ -90,8 +90,8 @@ def test_long_full_size_needs_size_full(tmp_path):
     from studies.papers.registry import LONG_S, STUDIES
 
     long_ones = [n for n, e in STUDIES.items() if e.default_size == "full" and e.seconds["full"] > LONG_S]
-    assert "collapse" in long_ones
-    res = _cli("study", "collapse", "--out", str(tmp_path / "c"))
+    assert "phase-diagram" in long_ones
+    res = _cli("study", "phase-diagram", "--out", str(tmp_path / "c"))
     assert res.returncode == 2
     assert len(res.stderr.strip().splitlines()) == 1 and "--size full" in res.stderr
     assert not (tmp_path / "c").exists()  # refused before anything ran
