@@ -20,8 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
+
+from studies.store.reader import data_bytes
 
 __all__ = ["CASES", "measure", "main"]
 
@@ -47,19 +48,6 @@ def _write(path: Path, shape: tuple[int, ...], saves: int, compression: str) -> 
     return time.perf_counter() - t0
 
 
-def _data_bytes(path: Path) -> int:
-    total = 0
-
-    def add(_, obj):
-        nonlocal total
-        if isinstance(obj, h5py.Dataset):
-            total += obj.size * obj.dtype.itemsize
-
-    with h5py.File(path, "r") as f:
-        f.visititems(add)
-    return total
-
-
 def measure(repeats: int = 3) -> list[dict]:
     """One row per (case, compression): seconds (best of ``repeats``), data and file bytes."""
     rows = []
@@ -70,7 +58,7 @@ def measure(repeats: int = 3) -> list[dict]:
                 path = Path(tmp) / f"{comp}.h5"
                 secs = min(_write(path, (batch, n, d), saves, comp) for _ in range(repeats))
                 base = secs if comp == "none" else base
-                data, size = _data_bytes(path), os.path.getsize(path)
+                data, size = data_bytes(path), os.path.getsize(path)
                 rows.append({"batch": batch, "n": n, "d": d, "saves": saves, "compression": comp, "seconds": secs,
                              "time_vs_none": secs / base, "data_bytes": data, "file_bytes": size,
                              "file_over_data": size / data})  # fmt: skip

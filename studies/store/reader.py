@@ -21,7 +21,7 @@ from integrators.validation import ParameterError
 
 from studies.store.flags import clear_superblock_flags, superblock_flags
 
-__all__ = ["Run", "read_run", "list_runs", "open_xarray", "repair"]
+__all__ = ["Run", "read_run", "list_runs", "open_xarray", "repair", "data_bytes"]
 
 
 def _open_read(path: str | os.PathLike) -> h5py.File:
@@ -242,3 +242,20 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def data_bytes(path: str | os.PathLike) -> int:
+    """Bytes of every dataset's values in a file (states, observables, times, dimension scales).
+
+    The file's size over this is its storage overhead (chunk slack, metadata, compression).
+    """
+    total = 0
+
+    def add(_, obj):
+        nonlocal total
+        if isinstance(obj, h5py.Dataset):
+            total += obj.size * obj.dtype.itemsize
+
+    with _open_read(path) as f:
+        f.visititems(add)
+    return total

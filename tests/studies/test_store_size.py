@@ -19,23 +19,10 @@ import pytest
 
 from studies.cli import main
 from studies.store import RunWriter, read_run
+from studies.store.reader import data_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 RATIO = 1.2
-
-
-def _data_bytes(path: Path) -> int:
-    """Bytes of every dataset's values (states, observables, times, dimension scales)."""
-    total = 0
-
-    def add(_, obj):
-        nonlocal total
-        if isinstance(obj, h5py.Dataset):
-            total += obj.size * obj.dtype.itemsize
-
-    with h5py.File(path, "r") as f:
-        f.visititems(add)
-    return total
 
 
 def _frames(shape, saves, seed=0):
@@ -57,7 +44,7 @@ def test_1001_saves_file_within_1_2x_of_data(tmp_path, compression):
         for k, x in enumerate(_frames((batch, n, d), saves)):
             xs.append(x)
             w.append(0.01 * k, x, {"energy": x[:, 0, 0].copy(), "cluster_count": np.arange(batch)})
-    data = _data_bytes(path)
+    data = data_bytes(path)
     assert data >= saves * batch * n * d * 8
     assert os.path.getsize(path) <= RATIO * data, (os.path.getsize(path), data)
     run = read_run(path)
@@ -76,7 +63,7 @@ def test_large_frames_compressed_once_per_save(tmp_path):
         assert f["x"].chunks == (1, 8, 64, 4) and f["x"].compression == "gzip"
         # A small observable shares uncompressed chunks across saves (written in place).
         assert f["first"].chunks[0] > 1 and f["first"].compression is None
-    assert os.path.getsize(path) <= RATIO * _data_bytes(path)
+    assert os.path.getsize(path) <= RATIO * data_bytes(path)
 
 
 @pytest.mark.parametrize("compression", ["none", "gzip"])
@@ -87,7 +74,7 @@ def test_covariance_run_file_within_1_2x_of_data(tmp_path, compression):
     assert rc == 0
     with h5py.File(out, "r") as f:
         assert f["V"].shape == (101, 16, 8, 8)
-    assert os.path.getsize(out) <= RATIO * _data_bytes(out), (os.path.getsize(out), _data_bytes(out))
+    assert os.path.getsize(out) <= RATIO * data_bytes(out), (os.path.getsize(out), data_bytes(out))
 
 
 _CHILD = textwrap.dedent(
