@@ -149,6 +149,17 @@ class TorchBackend:
     def to_numpy(self, x) -> np.ndarray:
         return x.detach().cpu().numpy()
 
+    def host_copy(self, x) -> "HostCopy":
+        """Start copying ``x`` to the host; ``.wait()`` gives the numpy array.
+
+        On CUDA the copy goes to pinned (page-locked) memory and does not block: the host
+        goes on launching the next steps while the copy engine moves the save (pageable
+        copies ran at 1.5 GB/s on an H200 and took 81% of an ensemble run,
+        ../shared/measurements/gpu-h200-profile.md). The stream orders the copy before any
+        later in-place update of ``x``.
+        """
+        return HostCopy(x.detach(), self.on_cuda)
+
     @property
     def on_cuda(self) -> bool:
         import torch
@@ -187,6 +198,29 @@ class TorchBackend:
 
         if torch.device(self.device).type == "cuda":
             torch.cuda.synchronize()
+
+
+class HostCopy:
+    """A device-to-host copy under way (:meth:`TorchBackend.host_copy`)."""
+
+    def __init__(self, x, cuda: bool) -> None:
+        import torch
+
+        if not cuda:
+            self._array = x.numpy().copy()  # x may be updated in place by the next step
+            return
+        self._buffer = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+        self._buffer.copy_(x, non_blocking=True)
+        self._event = torch.cuda.Event()
+        self._event.record()
+        self._array = None
+
+    def wait(self) -> np.ndarray:
+        """The copied array (waits for the copy to land)."""
+        if self._array is None:
+            self._event.synchronize()
+            self._array = self._buffer.numpy()
+        return self._array
 
 
 BACKENDS = ("numpy", "numba", "torch")

@@ -23,6 +23,7 @@ from integrators.controller import PIController
 from integrators.exits import PathExits, mask_exited, masked_observable
 from integrators.memory import check_memory
 from integrators.registry import Stepper, get_stepper
+from integrators.segments import Segments
 from integrators.solution import Solution
 
 __all__ = ["solve"]
@@ -230,6 +231,12 @@ def solve(
     check_memory(be, x_np, len(save_t) if save_states and not streamed else 0, obs_fns)
     x = be.asarray(x_np)
     exits = PathExits(be, batch, exit_threshold)
+    torch_saves = be.name == "torch" and not obs_fns and writer is None
+    # between saves, a fixed-step ODE run needs nothing from the host: on CUDA the segment
+    # is one replayed CUDA graph when replaying it is the same computation (integrators.segments)
+    one_step = fused if fused is not None else _plain_step(stepper, f, space)
+    segments = Segments(one_step, use_graph=(getattr(be, "on_cuda", False) and fused is None and not sde and not per_step
+                                             and not stepper.adaptive and bool(getattr(model, "autonomous", False))))
     exit_hook = getattr(writer, "set_exits", None)
     saved_x: list[np.ndarray] = []
     saved_obs: dict[str, list[np.ndarray]] = {k: [] for k in obs_fns}
@@ -238,21 +245,23 @@ def solve(
 
     def save(tk: float, xk) -> str | None:
         """Store one save (exited paths masked); return why the run must stop, or None."""
-        if on_device and not obs_fns and writer is None:
-            # saves kept on the device: check and mask there; the exit flags are the one read-back
+        if torch_saves:
+            # no observable or writer needs the host: check and mask on the device; the exit
+            # flags are the one read-back; the frame stays there or is copied to pinned host
+            # memory without waiting (the copy overlaps the next segment's steps)
             import torch
 
+            before = exits.host()[0]
             exits.mark(exits.bad(xk), tk)
             exits.read()
-            new = np.zeros(batch, dtype=bool)
             exited, exit_time = exits.host()
             rows = exits.exited.reshape((-1,) + (1,) * (xk.ndim - 1))
             frame = torch.where(rows, torch.full_like(xk, float("nan")), xk)
             saved_t.append(tk)
             if save_states:
-                saved_x.append(frame)
+                saved_x.append(frame if on_device else be.host_copy(frame))
             last["x"] = frame
-            return _stop_reason(tk, new, exited, exit_time)
+            return _stop_reason(tk, exited & ~before, exited, exit_time)
         xn = be.to_numpy(xk)
         exits.read()
         new = exits.check_saved(xn, tk)
@@ -339,6 +348,15 @@ def solve(
                 h = (stop - t) / m
                 max_step = max(max_step, h)
                 t_seg = t
+                if not sde and not per_step:
+                    if n_steps + m > max_steps:
+                        raise RuntimeError(f"max_steps={max_steps} exceeded at t={t_seg + (max_steps - n_steps + 1) * h}")
+                    x = segments.run(t_seg, x, m, h)
+                    n_steps += m
+                    if bar is not None:
+                        bar.update(stop - t_seg)
+                    t = stop
+                    m = 0
                 for j in range(m):
                     tj = t_seg + j * h
                     t_next = stop if j == m - 1 else t_seg + (j + 1) * h  # exact at the saves
@@ -386,7 +404,7 @@ def solve(
     stats = {"n_steps": n_steps, "n_rejected": n_rejected, "wall_time_s": wall, "max_step": max_step}
     sol = Solution(
         t=np.asarray(saved_t),
-        x=(_stack_device(saved_x) if on_device else np.stack(saved_x)) if save_states and saved_x else None,
+        x=_stack_saves(saved_x, on_device) if save_states and saved_x else None,
         observables={k: np.stack(v) for k, v in saved_obs.items()},
         exited=exited,
         exit_time=exit_time,
@@ -402,6 +420,7 @@ def solve(
             "rtol": rtol if stepper.adaptive else None,
             "atol": atol if stepper.adaptive else None,
             "exit_threshold": exit_threshold,
+            "cuda_graph": segments.graphed,
         },
         status=status,
         last=last.get("x"),
@@ -413,10 +432,22 @@ def solve(
     return sol
 
 
-def _stack_device(xs):
-    import torch
+def _plain_step(stepper, f, space):
+    """One step of ``stepper`` followed by the retraction: ``(t, x, h) -> x_new``."""
 
-    return torch.stack(xs)
+    def step(t, x, h):
+        return space.retract(stepper.step(f, t, x, h, space, None, None)[0])
+
+    return step
+
+
+def _stack_saves(xs: list, on_device: bool):
+    """The saved states as one array: a device tensor, or numpy (pending host copies waited for)."""
+    if on_device:
+        import torch
+
+        return torch.stack(xs)
+    return np.stack([x.wait() if hasattr(x, "wait") else x for x in xs])
 
 
 def _rows(mask: np.ndarray, like: np.ndarray) -> np.ndarray:

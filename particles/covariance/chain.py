@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from integrators.validation import ParameterError, check_positive_int
-from particles._cuda_graph import RepeatedBlock
+from integrators.cuda_graph import RepeatedBlock
 from particles.shared import NetworkRun, make_generator, torch_dtype
 
 from ._algebra import psd_factor
@@ -326,7 +326,7 @@ class FiniteWidthChain:
             raise ParameterError("n", f"the chain needs n/heads >= heads*m: n={self.n}, heads={self.heads}, m={m}")
         rec_layers, rec_V = [0], [self._gram(R, m).cpu().numpy()]
         wall = time.perf_counter()
-        # on CUDA the block is captured once in a CUDA graph and replayed (particles._cuda_graph)
+        # on CUDA the block is captured once in a CUDA graph and replayed (integrators.cuda_graph)
         cuda = torch.device(device).type == "cuda"
         block = RepeatedBlock(lambda S: self.step(S, m, gen, graph_safe=cuda), gen, use_graph=cuda and depth > 1)
         with torch.no_grad():

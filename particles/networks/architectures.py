@@ -36,7 +36,7 @@ from integrators.validation import (
 )
 from particles.covariance._algebra import psd_factor
 from particles.covariance.models import prepare_v0
-from particles._cuda_graph import RepeatedBlock
+from integrators.cuda_graph import RepeatedBlock
 from particles.shared import NetworkRun, haar_frame, make_generator, torch_dtype
 
 from . import _layers
@@ -136,7 +136,7 @@ class _Network:
                 X = fns[kind](X, gen, **kw)
             return X
 
-        # on CUDA the block is captured once in a CUDA graph and replayed (particles._cuda_graph)
+        # on CUDA the block is captured once in a CUDA graph and replayed (integrators.cuda_graph)
         block = RepeatedBlock(one_block, gen, use_graph=torch.device(device).type == "cuda" and depth > 1)
         with torch.no_grad():
             for layer in range(1, depth + 1):

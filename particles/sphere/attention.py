@@ -116,6 +116,11 @@ class FeedForward:
     def dim(self) -> int:
         return int(np.asarray(resolve(self.a, 0.0)).shape[1])
 
+    @property
+    def autonomous(self) -> bool:
+        """Whether w, a and b are constant (the term ignores t)."""
+        return not any(callable(p) or isinstance(p, PiecewiseConstant) for p in (self.w, self.a, self.b))
+
     def __call__(self, t: float, x):
         xp = namespace(x)
         w = xp.asarray(resolve(self.w, t), like=x)
@@ -318,6 +323,15 @@ class SelfAttention:
                     s = s - self.beta
                 parts.append((xp.exp(s) @ v) / n)
         return parts[0] if len(parts) == 1 else xp.concat(parts, axis=1)
+
+    @property
+    def autonomous(self) -> bool:
+        """Whether the field ignores t: constant Q, K, V and feed-forward term.
+
+        :func:`integrators.solve` may then replay a CUDA graph of the step loop between saves.
+        """
+        constant = all(p is None or isinstance(p, np.ndarray) for p in (self.Q, self.K, self.V))
+        return constant and (self.ffn is None or self.ffn.autonomous)
 
     def drift(self, t: float, x):
         """The vector field at time t; x of shape (batch, n, d) (numpy or torch)."""
