@@ -184,6 +184,21 @@ def test_serial_executor_uses_the_device_without_narrowing(tmp_path, code_path, 
         SerialExecutor(devices=FAKE)
 
 
+def test_torch_tasks_are_sent_to_the_given_device(tmp_path, code_path, monkeypatch):
+    """A flow task on torch asks solve for the worker's GPU (refused on this CPU machine); numpy stays on the CPU."""
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("the fake device would be real here")
+    monkeypatch.setenv(dev.CUDA_ENV, "5")
+    spec = parse_spec({"sweep": {"name": "dev", "task": "flow.phase_point", "root_seed": 7},
+                       "params": {"n": 4, "batch": 2, "t_end": 0.5, "n_save": 2, "dt": 0.1, "method": "euler"},
+                       "grid": {"backend": ["torch", "numpy"]}})
+    run_sweep(spec, tmp_path / "out", executor=SerialExecutor(devices=("5",)), progress=False)
+    shards = {t.params["backend"]: read_shard(Store(tmp_path / "out").shard_path(t.task_id)) for t in plan_tasks(spec)}
+    assert shards["torch"].status == "failed" and "CUDA was asked for" in shards["torch"].attrs["error"]
+    assert shards["numpy"].status == "complete" and shards["numpy"].attrs["device"] == "cuda:0 (device 5)"
+
+
 def test_dask_local_cluster_gives_each_worker_its_device(tmp_path, code_path):
     pytest.importorskip("distributed")
     from studies.sweep import DaskExecutor
