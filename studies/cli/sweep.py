@@ -10,6 +10,9 @@ Examples::
     attnflow sweep run spec.toml --executor dask --scheduler tcp://head:8786
     attnflow sweep run spec.toml --executor dask --jobqueue slurm --jobs 10 --cores 8 --memory 16GB
     attnflow sweep submit spec.toml --out /scratch/x --time 02:00:00 --partition cpu
+    attnflow sweep run spec.toml --out runs/x --gpus 2                  # one worker per GPU
+    attnflow sweep run spec.toml --executor dask --cuda-cluster        # dask-cuda, every visible GPU
+    attnflow sweep submit spec.toml --out /scratch/x --gpus-per-task 1 # --gres=gpu:1 per array task
     attnflow sweep run spec.toml --out /scratch/x --task-index 17       # one task (array jobs)
     attnflow sweep status runs/x
     attnflow sweep merge runs/x                                        # -> runs/x/<name>.h5
@@ -20,6 +23,11 @@ Specs name registered tasks (``flow.phase_point``, ``cov.rho_law``, ...); a
 never import a task module. A run holds a lock on its output directory; SIGINT
 or SIGTERM stop it within seconds (running tasks are recorded as interrupted,
 ``--resume`` continues).
+
+GPUs: each worker process is given one device (``--gpus N`` takes the first N visible,
+``--devices 0,1,3`` names them; worker k gets device k mod N) and sets its own
+``CUDA_VISIBLE_DEVICES`` to it before CUDA starts; tasks on the torch backend run there,
+numpy and numba tasks are unaffected. The shards record the device.
 """
 
 from __future__ import annotations
@@ -84,6 +92,26 @@ def _stored_spec_and_out(args) -> tuple:
     return spec, Path(args.out)
 
 
+def _devices(args) -> tuple[str, ...]:
+    """The GPUs asked for (``--gpus``, ``--devices``, ``--cuda-cluster``); () for none."""
+    from studies.sweep.devices import require_dask_cuda, resolve_devices
+
+    from studies.errors import UserError
+
+    if args.cuda_cluster:
+        if args.executor != "dask":
+            raise UserError("--cuda-cluster needs --executor dask")
+        if args.scheduler or args.jobqueue:
+            raise UserError("--cuda-cluster starts its own cluster: not with --scheduler or --jobqueue")
+        require_dask_cuda()
+    if args.gpus is None and args.devices is None:
+        return resolve_devices("all") if args.cuda_cluster else ()
+    if args.scheduler or args.jobqueue:
+        raise UserError("--gpus and --devices are for the workers this command starts, not with --scheduler or "
+                        "--jobqueue (start those workers with dask-cuda-worker)")
+    return resolve_devices(args.gpus, args.devices)
+
+
 def _executor(args):
     from studies.sweep import DaskExecutor, LocalExecutor, SerialExecutor, jobqueue_cluster
 
@@ -91,10 +119,11 @@ def _executor(args):
 
     if args.executor != "dask" and (args.scheduler or args.jobqueue):
         raise UserError("--scheduler and --jobqueue need --executor dask")
+    devices = _devices(args)
     if args.executor == "serial" or (args.executor is None and args.task_index is not None):
-        return SerialExecutor(threads=args.threads_per_worker)
+        return SerialExecutor(threads=args.threads_per_worker, devices=devices)
     if args.executor in (None, "local"):
-        return LocalExecutor(workers=args.workers, threads_per_worker=args.threads_per_worker or 1)
+        return LocalExecutor(workers=args.workers, threads_per_worker=args.threads_per_worker or 1, devices=devices)
     if args.jobqueue:
         if args.cores is None or args.memory is None:
             raise UserError("--jobqueue needs --cores and --memory (per job)")
@@ -102,7 +131,8 @@ def _executor(args):
                                    walltime=args.walltime, queue=args.queue, account=args.account)
         return DaskExecutor(cluster=cluster, threads_per_worker=args.threads_per_worker or 1)
     return DaskExecutor(address=args.scheduler, workers=None if args.scheduler else args.workers,
-                        threads_per_worker=args.threads_per_worker or 1)
+                        threads_per_worker=args.threads_per_worker or 1, devices=devices,
+                        cuda_cluster=args.cuda_cluster)
 
 
 def _run(args) -> int:
@@ -140,7 +170,7 @@ def _submit(args) -> int:
     script = write_sbatch(spec, spec_path, out, chunk=args.chunk, time=args.time, cpus_per_task=args.cpus_per_task,
                           mem=args.mem, partition=args.partition, account=args.account,
                           max_parallel=args.max_parallel, extra=tuple(args.extra or ()),
-                          allow_code_tasks=args.allow_code_tasks)
+                          allow_code_tasks=args.allow_code_tasks, gpus_per_task=args.gpus_per_task)
     print(f"wrote {script} ({spec.n_tasks} task(s))")
     if args.dry_run:
         return 0
@@ -181,7 +211,16 @@ def register(subparsers) -> None:
     common(r)
     r.add_argument("--executor", choices=("local", "serial", "dask"),
                    help="local process pool (default), serial (this process) or dask")
-    r.add_argument("--workers", type=int, help="worker processes (local pool or Dask LocalCluster; default: CPUs)")
+    r.add_argument("--workers", type=int,
+                   help="worker processes (local pool or Dask LocalCluster; default: CPUs, or the GPUs given)")
+    r.add_argument("--gpus", metavar="N|all",
+                   help="one GPU per worker: the first N visible (CUDA_VISIBLE_DEVICES, else 0..N-1), worker k "
+                        "gets GPU k mod N; torch-backend tasks run there (default: none, the CPU)")
+    r.add_argument("--devices", metavar="IDS",
+                   help="like --gpus, naming the GPUs: CUDA_VISIBLE_DEVICES entries, e.g. 0,1,3")
+    r.add_argument("--cuda-cluster", action="store_true",
+                   help="with --executor dask: start dask-cuda's LocalCUDACluster, one worker per GPU "
+                        "(every visible one unless --gpus/--devices; needs the [cuda-cluster] extra)")
     r.add_argument("--threads-per-worker", type=int, help="BLAS/numba/torch threads per task (default 1)")
     r.add_argument("--scheduler", help="Dask scheduler address, e.g. tcp://head:8786")
     r.add_argument("--jobqueue", choices=("slurm", "pbs", "sge", "lsf", "htcondor", "oar", "moab"),
@@ -208,6 +247,8 @@ def register(subparsers) -> None:
     common(s)
     s.add_argument("--time", default="01:00:00", help="walltime per array task (default 01:00:00)")
     s.add_argument("--cpus-per-task", type=int, default=1)
+    s.add_argument("--gpus-per-task", type=int, default=0,
+                   help="GPUs per array task: #SBATCH --gres=gpu:N, its tasks run there (default 0: none)")
     s.add_argument("--mem", help="memory per array task, e.g. 4G")
     s.add_argument("--partition")
     s.add_argument("--account")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from studies.sweep.devices import backend_device
 from studies.sweep.worker import ProgressWriter
 
 __all__ = ["CHECKED", "FLOW_DEFAULTS", "build_model", "random_qkv", "solve_checked", "validate"]
@@ -88,9 +89,10 @@ def solve_checked(model, x0, p: dict, t_end: float, save_at, observables: dict, 
            horizon: float | None = None):
     from integrators import solve
 
-    sol = solve(model, x0, t_end, t0=t0, dt=p["dt"], method=p["method"], backend=p["backend"], save_at=save_at,
-                save_states=save_states, observables=observables, exit_threshold=10.0,
-                writer=ProgressWriter(horizon or t_end))
+    # on the torch backend the task runs on the GPU its sweep worker was given (none: the CPU, as before)
+    sol = solve(model, x0, t_end, t0=t0, dt=p["dt"], method=p["method"], backend=p["backend"],
+                device=backend_device(p["backend"]), save_at=save_at, save_states=save_states, observables=observables,
+                exit_threshold=10.0, writer=ProgressWriter(horizon or t_end))
     if sol.exited.any():
         k = int(sol.exited.sum())
         raise FloatingPointError(f"dynamics diverged: {k} of {sol.exited.size} systems left the sphere "

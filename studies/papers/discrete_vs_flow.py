@@ -48,6 +48,7 @@ import numpy as np
 from studies.papers._flow import CHECKED, FLOW_DEFAULTS, build_model
 from studies.papers.common import study_main, study_spec, sweep_and_merge
 from studies.sweep import load_study
+from studies.sweep.devices import backend_device
 from studies.sweep.spec import SweepSpec
 from studies.sweep.tasks import register_task
 
@@ -126,7 +127,8 @@ def converged_flow_P(model, x0: np.ndarray, t: np.ndarray, p: dict) -> tuple[np.
             warnings.simplefilter("ignore")  # overflow of a stiff level is expected and handled
             try:
                 sol = solve(model, x0, float(t[-1]), dt=dt, method=p["method"], backend=p["backend"], save_at=t,
-                            save_states=False, observables=obs, exit_threshold=10.0)
+                            save_states=False, observables=obs, exit_threshold=10.0,
+                            device=backend_device(p["backend"]))
                 cur = None if sol.exited.any() else sol.observables["P"]
             except (FloatingPointError, RuntimeError):
                 cur = None

@@ -10,9 +10,11 @@ Typical use::
 
 The same tasks run on a process pool (:class:`LocalExecutor`), on Dask
 (:class:`DaskExecutor`: LocalCluster, scheduler address, dask-jobqueue cluster),
-or as Slurm array jobs (:func:`write_sbatch` + ``attnflow sweep run --task-index``).
+or as Slurm array jobs (:func:`write_sbatch` + ``attnflow sweep run --task-index``); with GPUs,
+one per worker process (:mod:`studies.sweep.devices`; a task asks :func:`task_device`).
 """
 
+from .devices import resolve_devices, task_device
 from .executors import EXECUTORS, JOBQUEUE_CLUSTERS, DaskExecutor, LocalExecutor, SerialExecutor, jobqueue_cluster
 from .merge import STATUS_CODES, MergeResult, load_study, merge_sweep
 from .plan import Task, canonical_json, plan_tasks, task_id, task_seed
@@ -70,4 +72,6 @@ __all__ = [
     "execute_task",
     "report_progress",
     "ProgressWriter",
+    "task_device",
+    "resolve_devices",
 ]

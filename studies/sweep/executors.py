@@ -36,10 +36,11 @@ import uuid
 from collections import Counter, deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from integrators.validation import ParameterError, check_choice, check_positive_int
 
+from .devices import parse_devices, using_device
 from .shards import Store, pid_alive, read_shard
 from .worker import (THREAD_VARS, TaskOutcome, TaskRun, execute_task, init_worker, record_failure, record_interrupted,
                      timeout_message)
@@ -65,22 +66,30 @@ def _with_threads(runs: list[TaskRun], threads: int | None) -> list[TaskRun]:
 
 
 class SerialExecutor:
-    """Run the tasks one by one in this process (threads left as they are)."""
+    """Run the tasks one by one in this process (threads left as they are).
+
+    ``devices``: at most one GPU id (a Slurm array task given ``--gres=gpu:1``); the tasks run
+    on it, found in this process's ``CUDA_VISIBLE_DEVICES``, which is left as it is.
+    """
 
     name = "serial"
     workers = 1
 
-    def __init__(self, threads: int | None = None):
+    def __init__(self, threads: int | None = None, devices: Sequence[str] | None = None):
         self.threads = threads
+        self.devices = parse_devices(devices) if devices else ()
+        if len(self.devices) > 1:
+            raise ParameterError("gpus", f"the serial executor runs one task at a time on one GPU; got {len(self.devices)}")
 
     def run(self, runs: list[TaskRun]) -> Iterator[TaskOutcome]:
-        for r in _with_threads(runs, self.threads):
-            try:
-                out = execute_task(r)
-            except BaseException as exc:  # Ctrl-C, SIGTERM inside the task
-                record_interrupted(r, _reason(exc))
-                raise
-            yield out
+        with using_device(self.devices[0] if self.devices else None):
+            for r in _with_threads(runs, self.threads):
+                try:
+                    out = execute_task(r)
+                except BaseException as exc:  # Ctrl-C, SIGTERM inside the task
+                    record_interrupted(r, _reason(exc))
+                    raise
+                yield out
 
     def close(self) -> None:
         pass
@@ -113,14 +122,27 @@ class LocalExecutor:
     threads_per_worker : BLAS/numba/torch threads in each worker (default 1).
     start_method : "spawn" (default) or "forkserver"; "fork" is refused because
         forked numba/torch/OpenMP thread pools can deadlock.
+    devices : GPU ids (``CUDA_VISIBLE_DEVICES`` entries, see
+        :func:`studies.sweep.devices.resolve_devices`): worker ``k`` of the pool sets its
+        ``CUDA_VISIBLE_DEVICES`` to ``devices[k mod G]`` when it starts (default workers: G).
+        Not checked against CUDA here, so that the assignment can be tested on the CPU.
     """
 
     name = "local"
 
-    def __init__(self, workers: int | None = None, threads_per_worker: int = 1, start_method: str = "spawn"):
-        self.workers = check_positive_int("workers", workers if workers is not None else (os.cpu_count() or 1))
+    def __init__(self, workers: int | None = None, threads_per_worker: int = 1, start_method: str = "spawn",
+                 devices: Sequence[str] | None = None):
+        self.devices = parse_devices(devices) if devices else ()
+        default = len(self.devices) if self.devices else (os.cpu_count() or 1)
+        self.workers = check_positive_int("workers", workers if workers is not None else default)
         self.threads = check_positive_int("threads_per_worker", threads_per_worker)
         self.start_method = check_choice("start_method", start_method, ("spawn", "forkserver"))
+
+    def _initargs(self, ctx) -> tuple:
+        if not self.devices:
+            return (self.threads,)
+        # a fresh counter per pool: after a crash the new pool's workers take the devices from the start
+        return (self.threads, self.devices, ctx.Value("i", 0))
 
     def run(self, runs: list[TaskRun]) -> Iterator[TaskOutcome]:
         pending = {r.task_id: r for r in _with_threads(runs, self.threads)}
@@ -136,8 +158,9 @@ class LocalExecutor:
             started: dict[str, float] = {}  # task id -> when a worker was first seen running it
             try:
                 with _thread_env(self.threads), _sigint_blocked():
-                    pool = ProcessPoolExecutor(max_workers=size, mp_context=mp.get_context(self.start_method),
-                                               initializer=init_worker, initargs=(self.threads,))
+                    ctx = mp.get_context(self.start_method)
+                    pool = ProcessPoolExecutor(max_workers=size, mp_context=ctx, initializer=init_worker,
+                                               initargs=self._initargs(ctx))
                 while (queued or inflight) and not broken:
                     while queued and len(inflight) < 2 * size:
                         r = queued.popleft()
@@ -337,6 +360,10 @@ class DaskExecutor:
     threads_per_worker : BLAS/numba/torch threads per task (default 1).
     connect_timeout : seconds to wait for the scheduler at ``address`` (default 5);
         an unreachable one is a one-line :class:`ParameterError`.
+    devices : GPU ids for the LocalCluster started here: worker ``k`` narrows its
+        ``CUDA_VISIBLE_DEVICES`` to ``devices[k mod G]`` (default workers: G).
+    cuda_cluster : start dask-cuda's ``LocalCUDACluster`` instead (one worker per
+        device of ``devices``; the ``cuda-cluster`` extra); its workers' devices are recorded.
 
     The spec's per-task ``timeout`` is not enforced here: Dask runs tasks in
     worker threads, which an alarm cannot stop and the coordinator cannot kill
@@ -346,14 +373,28 @@ class DaskExecutor:
     name = "dask"
 
     def __init__(self, client=None, *, address: str | None = None, cluster=None, workers: int | None = None,
-                 threads_per_worker: int = 1, connect_timeout: float = 5.0):
+                 threads_per_worker: int = 1, connect_timeout: float = 5.0, devices: Sequence[str] | None = None,
+                 cuda_cluster: bool = False):
         dd = _distributed()
         given = sum(x is not None for x in (client, address, cluster))
         if given > 1:
             raise ParameterError("executor", "give one of client, address or cluster")
         self.threads = check_positive_int("threads_per_worker", threads_per_worker)
+        self.devices = parse_devices(devices) if devices else ()
+        if (self.devices or cuda_cluster) and given:
+            raise ParameterError("devices", "GPUs are given to the workers of a cluster this executor starts, "
+                                            "not to a given client, address or cluster (start those with dask-cuda)")
+        if cuda_cluster and not self.devices:
+            raise ParameterError("devices", "the CUDA cluster needs the devices to use")
         self._owned = []
-        if client is None:
+        if client is None and cuda_cluster:
+            from ._dask_devices import local_cuda_cluster
+
+            cluster = local_cuda_cluster(self.devices)
+            self._owned.append(cluster)
+            client = dd.Client(cluster)
+            self._owned.insert(0, client)
+        elif client is None:
             if address is not None:
                 try:
                     client = dd.Client(address, timeout=connect_timeout)
@@ -363,7 +404,8 @@ class DaskExecutor:
             elif cluster is not None:
                 client = dd.Client(cluster)
             else:
-                n = check_positive_int("workers", workers if workers is not None else (os.cpu_count() or 1))
+                default = len(self.devices) if self.devices else (os.cpu_count() or 1)
+                n = check_positive_int("workers", workers if workers is not None else default)
                 cluster = dd.LocalCluster(
                     n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
                     env={v: str(self.threads) for v in THREAD_VARS},
@@ -371,6 +413,14 @@ class DaskExecutor:
                 self._owned.append(cluster)
                 client = dd.Client(cluster)
             self._owned.insert(0, client)
+        if self.devices:
+            from ._dask_devices import register_devices
+
+            try:
+                register_devices(client, None if cuda_cluster else self.devices)
+            except BaseException:
+                self.close()
+                raise
         self.client = client
         self.workers = len(client.scheduler_info().get("workers", {})) or workers or 1
 

@@ -8,7 +8,8 @@ axes...), with HDF5 dimension scales (the netCDF-4 data model), so::
 opens it as labelled arrays: grid parameters are coordinates (a zipped group
 is one dimension with one coordinate per parameter), ``seed`` is the replicate
 index. Per task: ``task_id``, ``task_seed``, ``task_status`` (0 missing,
-1 complete, 2 failed), ``task_error``, ``task_attempts``, ``task_compute_s``.
+1 complete, 2 failed), ``task_error``, ``task_attempts``, ``task_compute_s``, and
+``task_device`` when some task ran on a GPU (``"cuda:0 (device 3)"``; "" on the CPU).
 Entries of missing or failed tasks are NaN (integer and bool measurements
 are then stored as float64); interrupted tasks count as missing. Root
 attributes follow MODELS.md section 4; ``shards_code_version`` is the code
@@ -102,6 +103,7 @@ def merge_sweep(spec: SweepSpec, out: str | Path | None = None, output: str | Pa
     errors = np.full(grid_shape, "", dtype=object)
     attempts = np.zeros(grid_shape, dtype=np.int64)
     compute = np.full(grid_shape, np.nan)
+    devices = np.full(grid_shape, "", dtype=object)  # stored only when some task ran on a GPU
     data: dict[tuple, dict[str, np.ndarray]] = {}
     versions: dict[str, int] = {}
     have = store.shard_ids()
@@ -119,6 +121,7 @@ def merge_sweep(spec: SweepSpec, out: str | Path | None = None, output: str | Pa
         errors[pos] = str(shard.attrs.get("error", ""))
         attempts[pos] = int(shard.attrs.get("attempts", 0))
         compute[pos] = float(shard.attrs.get("compute_s", np.nan))
+        devices[pos] = str(shard.attrs.get("device", ""))
         if shard.status == "complete":
             data[pos] = shard.measurements or {}
             v = _code_version(shard.attrs)
@@ -202,7 +205,8 @@ def merge_sweep(spec: SweepSpec, out: str | Path | None = None, output: str | Pa
                 ("task_error", errors, "error of a failed task"),
                 ("task_attempts", attempts, "attempts made"),
                 ("task_compute_s", compute, "seconds spent in the task function"),
-            ):
+            ) + ((("task_device", devices, "GPU the task ran on (torch name, physical device)"),)
+                 if any(devices.ravel()) else ()):
                 ds = f.create_dataset(name, data=arr, dtype=_STR if arr.dtype == object else arr.dtype)
                 ds.attrs["long_name"] = desc
                 if name == "task_status":

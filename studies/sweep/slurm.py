@@ -6,6 +6,11 @@ size is the task count (or ``ceil(tasks / chunk)``). ``--resume`` makes a
 re-queued or re-submitted index skip a task that already has a complete shard.
 The same ``--task-index`` entry serves any scheduler's arrays (PBS ``$PBS_ARRAY_INDEX``,
 SGE ``$SGE_TASK_ID - 1``, LSF ``$LSB_JOBINDEX - 1``).
+
+With ``gpus_per_task`` N > 0 each array task asks for ``--gres=gpu:N``; Slurm sets its
+``CUDA_VISIBLE_DEVICES`` and the command gets ``--gpus 1`` (its tasks run one after the other
+on that GPU), or for N > 1 ``--executor local --gpus N`` (its chunk runs on a pool of N
+workers, one per GPU).
 """
 
 from __future__ import annotations
@@ -58,8 +63,11 @@ def sbatch_script(
     max_parallel: int | None = None,
     extra: tuple[str, ...] = (),
     allow_code_tasks: bool = False,
+    gpus_per_task: int = 0,
 ) -> str:
     """Text of an sbatch array script for ``n_tasks`` tasks (array size ``ceil(n_tasks / chunk)``).
+
+    ``gpus_per_task``: GPUs per array task (``#SBATCH --gres=gpu:N``; 0: none, no line).
 
     ``extra`` lines are added verbatim after the generated ``#SBATCH`` lines
     (e.g. ``"#SBATCH --qos=long"`` or ``"module load python"``).
@@ -67,6 +75,7 @@ def sbatch_script(
     n_tasks = check_positive_int("n_tasks", n_tasks)
     chunk = check_positive_int("chunk", chunk)
     cpus = check_positive_int("cpus_per_task", cpus_per_task)
+    gpus = check_positive_int("gpus_per_task", gpus_per_task, minimum=0)
     size = math.ceil(n_tasks / chunk)
     out = Path(out).resolve()
     spec_path = Path(spec_path).resolve()
@@ -86,6 +95,8 @@ def sbatch_script(
         lines.append(f"#SBATCH --partition={_opt('partition', partition)}")
     if account is not None:
         lines.append(f"#SBATCH --account={_opt('account', account)}")
+    if gpus:
+        lines.append(f"#SBATCH --gres=gpu:{gpus}")
     for e in extra:
         if "\n" in e:
             raise ParameterError("extra", "one line per entry")
@@ -100,7 +111,8 @@ def sbatch_script(
         'MKL_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}" NUMBA_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"',
         f"cd {shlex.quote(str(Path.cwd()))}",
         f"exec {cmd} sweep run {shlex.quote(str(spec_path))} --out {shlex.quote(str(out))} "
-        f"--task-index {index} --resume --no-progress" + (" --allow-code-tasks" if allow_code_tasks else ""),
+        f"--task-index {index} --resume --no-progress" + (" --allow-code-tasks" if allow_code_tasks else "")
+        + ("" if not gpus else " --gpus 1" if gpus == 1 else f" --executor local --gpus {gpus}"),
         "",
     ]
     return "\n".join(lines)

@@ -91,17 +91,23 @@ def limit_threads(n: int | None) -> None:
             torch.set_num_threads(n)
 
 
-def init_worker(threads: int | None) -> None:
-    """Initializer of pool workers: Ctrl-C is the coordinator's to handle, then thread limits.
+def init_worker(threads: int | None, devices: tuple[str, ...] | None = None, counter=None) -> None:
+    """Initializer of pool workers: Ctrl-C is the coordinator's to handle, then thread limits, then the GPU.
 
     A terminal's Ctrl-C reaches the whole process group; a worker that raised
     KeyboardInterrupt inside a task would report it as the task's result and take
     the next one. The coordinator stops the workers itself (one shutdown path).
+    With ``devices`` the worker takes the next slot of the pool's shared ``counter``
+    and its device, round robin (:func:`studies.sweep.devices.init_device_worker`).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(signal, "pthread_sigmask"):  # started with SIGINT blocked (see executors._sigint_blocked)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     limit_threads(threads)
+    if devices:
+        from .devices import init_device_worker
+
+        init_device_worker(devices, counter)
 
 
 class TaskTimeout(BaseException):
@@ -229,6 +235,17 @@ def _attrs(run: TaskRun) -> dict[str, Any]:
     }
 
 
+def _device_attrs() -> dict[str, str]:
+    """``{"device": "cuda:0 (device 3)"}`` in a worker given a GPU (torch's name, then the physical id); else nothing.
+
+    Nothing on the CPU keeps the shards of sweeps without GPU options as they were.
+    """
+    from .devices import device_assignment
+
+    a = device_assignment()
+    return {} if a is None else {"device": f"{a.torch_device} (device {a.device_id})"}
+
+
 def execute_task(run: TaskRun) -> TaskOutcome:
     """Run one task with retries and write its shard. Never raises for task errors or failed writes."""
     global _current
@@ -248,6 +265,9 @@ def execute_task(run: TaskRun) -> TaskOutcome:
     try:
         log.write(f"=== {started} task {run.task_id} (#{run.index}) {run.task} seed={run.seed} on {hostname()} pid={os.getpid()}\n")
         log.write(f"params: {run.params}\n")
+        device = _device_attrs()
+        if device:
+            log.write(f"device: {device['device']}\n")
         for attempts in range(1, run.retries + 2):
             t0 = time.perf_counter()
             timed_out = False
@@ -276,7 +296,7 @@ def execute_task(run: TaskRun) -> TaskOutcome:
         status = "complete" if data is not None else "failed"
         t1 = time.perf_counter()
         attrs = {**_attrs(run), "status": status, "attempts": attempts, "error": error, "traceback": tb,
-                 "compute_s": compute, "started": started, "finished": utc_now()}
+                 "compute_s": compute, "started": started, "finished": utc_now(), **_device_attrs()}
         try:
             write_shard(store.shard_path(run.task_id), attrs, data)
         except Exception as exc:  # e.g. a full disk: record the failure if that still can be written
