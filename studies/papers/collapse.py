@@ -32,7 +32,7 @@ from studies.papers.common import study_main, study_spec, sweep_and_merge
 from studies.sweep import load_study
 from studies.sweep.tasks import register_task
 
-__all__ = ["run", "plot", "collapse"]
+__all__ = ["run", "plot", "collapse", "gallery_numbers"]
 
 _SIZES = {
     "smoke": {"sweep": {"seeds": 1}, "params": {"batch": 2, "t_max": 20.0, "n_save": 201, "backend": "numpy"},
@@ -88,6 +88,41 @@ def plot(study_file: Path, figure: Path) -> Path:
     fig.savefig(figure, dpi=120)
     return figure
 
+
+
+def gallery_numbers(out: Path) -> list[dict]:
+    """Median collapse times against the equiangular-ODE time t*(beta, n), for the gallery table.
+
+    Per n, the smallest and largest d at beta nearest 1, 3 and 5: the median over systems with
+    systems not collapsed by t_max counted as later than every collapsed one (so the median is
+    "—" once half have not collapsed; the figure's median leaves them out), its bootstrap
+    standard error, and t* with g_beta(t*) = 1 - delta (GLPR Thm 6.8-6.9: the high-d limit).
+    Then, per n at the smallest d, the first beta from which half the systems have not collapsed by t_max.
+    GLPR state no collapse times, so ``paper`` is None.
+    """
+    from studies.papers.gallery_stats import bootstrap_se, censored_median, nearest_index
+
+    st = load_study(Path(out) / "collapse.h5")
+    dims, T = st["vars"]["collapse_time"]
+    T = np.moveaxis(T, [dims.index("n"), dims.index("d"), dims.index("beta")], [0, 1, 2])
+    T = T.reshape(T.shape[0], T.shape[1], T.shape[2], -1)  # (n, d, beta, systems)
+    ns, ds, betas = st["coords"]["n"], st["coords"]["d"], st["coords"]["beta"]
+    fixed = json.loads(st["attrs"]["fixed_parameters"])
+    delta, t_max = float(fixed["delta"]), float(fixed["t_max"])
+    rows = []
+    for i, n in enumerate(ns):
+        for j in sorted({0, len(ds) - 1}):
+            for b in sorted({nearest_index(betas, v) for v in (1.0, 3.0, 5.0)}):
+                x = T[i, j, b]
+                rows.append({"quantity": "median collapse time", "where": f"n = {n}, d = {ds[j]}, β = {betas[b]:g}",
+                             "ours": float(censored_median(x)), "se": bootstrap_se(x, censored_median),
+                             "paper": None, "source": "GLPR Thm 6.8-6.9",
+                             "reference": f"equiangular ODE: {equiangular_hitting_time(float(betas[b]), int(n), delta):.3g}"})
+        late = np.nonzero(np.mean(np.isnan(T[i, 0]), axis=1) >= 0.5)[0]
+        rows.append({"quantity": f"first β with half not collapsed by t = {t_max:g}", "where": f"n = {n}, d = {ds[0]}",
+                     "ours": float(betas[late[0]]) if late.size else None, "se": None, "paper": None,
+                     "reference": None, "source": "GLPR Sec. 6 (metastability, low d)"})
+    return rows
 
 
 # ------------------------------------------------------------ sweep tasks
