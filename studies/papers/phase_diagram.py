@@ -182,7 +182,8 @@ def ode_beta(t: float, n: int, delta: float, betas: np.ndarray) -> float:
     from studies.papers.gallery_stats import first_crossing
 
     fine = np.linspace(betas.min(), betas.max(), 400)
-    return first_crossing(fine, boundary(fine, n, delta), t)
+    curve = boundary(fine, n, delta)
+    return float("nan") if curve[0] > t else first_crossing(fine, curve, t)
 
 
 def gallery_numbers(out: Path, name: str = "phase_diagram") -> list[dict]:
