@@ -98,9 +98,16 @@ def plot(study_file: Path, figure: Path) -> Path:
         ax = axes[k, 2]
         mid = mean.shape[-1] // 3
         spread = np.array([np.nanmean(std[j, k, :, mid]) for j in range(len(ds))])
-        dev = np.array([np.nanmean(np.max(np.abs(mean[j, k] - g[j, k]), axis=-1)) for j in range(len(ds))])
-        ax.loglog(ds, spread, "o-", label=f"sd at t = {t[-1, k, 0, mid]:.2g}")
-        ax.loglog(ds, dev, "s-", label=r"max$_t$ |mean - g(t)|")
+        devs = np.max(np.abs(mean[:, k] - g[:, k]), axis=-1)  # (d, seed)
+        dev = np.nanmean(devs, axis=1)
+        seeds = std.shape[2]
+        # standard errors over the seeds (each a batch of systems); none with one seed
+        se_sd = np.nanstd(std[:, k, :, mid], axis=1, ddof=1) / np.sqrt(seeds) if seeds > 1 else None
+        se_dev = np.nanstd(devs, axis=1, ddof=1) / np.sqrt(seeds) if seeds > 1 else None
+        ax.errorbar(ds, spread, yerr=se_sd, fmt="o-", capsize=2, label=f"sd at t = {t[-1, k, 0, mid]:.2g} (± SE)")
+        ax.errorbar(ds, dev, yerr=se_dev, fmt="s-", capsize=2, label=r"max$_t$ |mean - g(t)| (± SE)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
         ax.loglog(ds, spread[0] * np.sqrt(ds[0] / ds), "k:", label=r"$\propto d^{-1/2}$")
         ax.set_xticks(ds, [str(d) for d in ds], minor=False)
         ax.set_xticks([], minor=True)

@@ -145,8 +145,10 @@ def plot(traj_file: Path, caps_file: Path, fits: list[dict], figure: Path) -> Pa
     for k, fit in enumerate(fits):
         c = colors[k % 5]
         mean = np.nanmean(T[:, k], axis=1)
-        ax3.errorbar(cb, mean, yerr=np.nanstd(T[:, k], axis=1), fmt="o", color=c, ms=4,
-                     label=f"sim {fit['m1']}+{fit['m2']}")
+        count = np.sum(np.isfinite(T[:, k]), axis=1)
+        se = np.nanstd(T[:, k], axis=1, ddof=1) / np.sqrt(np.maximum(count, 1)) if T.shape[2] > 1 else None
+        ax3.errorbar(cb, mean, yerr=se, fmt="o", color=c, ms=4, capsize=2,
+                     label=f"sim {fit['m1']}+{fit['m2']} (mean ± SE)")
         ode = [two_cluster_merge_time(b, fit["m1"], fit["m2"], rho0, level) for b in fine]
         ax3.plot(fine, ode, color=c, lw=1, label="two-cluster ODE")
         if "slope_log_T" in fit:

@@ -92,8 +92,23 @@ def boundary(betas: np.ndarray, n: int, delta: float) -> np.ndarray:
     return np.array([equiangular_hitting_time(float(b), n, delta) for b in betas])
 
 
+def _seed_mean(P: np.ndarray, err: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """P averaged over the seeds and its standard error (the seeds' errors combined)."""
+    m = P.shape[axis]
+    return np.nanmean(P, axis=axis), np.sqrt(np.nansum(err**2, axis=axis)) / m
+
+
+def _marked_times(t: np.ndarray) -> list[int]:
+    """Indices of the saved times nearest 10, 20 and 30 that the run reaches: where crossings are read."""
+    return [int(np.argmin(np.abs(t - v))) for v in (10.0, 20.0, 30.0) if v <= t.max() + 1e-9]
+
+
 def plot(study_file: Path, figure: Path) -> Path:
-    """Heat maps of P(t, beta) (mean over seeds), one panel per (qkv, d), boundary curve over Q=K=V=I."""
+    """Heat maps of P(t, beta) (mean over seeds), one panel per (qkv, d), boundary curve over Q=K=V=I.
+
+    White dots: where P crosses 1/2 at t = 10, 20, 30 (:func:`half_crossing`), with their standard
+    errors over the starts as bars (the same numbers as the gallery table).
+    """
     from matplotlib.figure import Figure
 
     st = load_study(study_file)
@@ -101,13 +116,14 @@ def plot(study_file: Path, figure: Path) -> Path:
     c = st["coords"]
     fixed = json.loads(st["attrs"]["fixed_parameters"])
     n, delta = int(fixed["n"]), float(fixed["delta"])
-    P = np.nanmean(P, axis=dims.index("seed"))
+    P, err = _seed_mean(P, st["vars"]["P_err"][1], dims.index("seed"))
     dims = tuple(d for d in dims if d != "seed")
     if "qkv" not in dims:  # one row: the identity case
-        P, dims, kinds = P[None], ("qkv",) + dims, np.array(["identity"])
+        P, err, dims, kinds = P[None], err[None], ("qkv",) + dims, np.array(["identity"])
     else:
         kinds = c["qkv"]
-    P = np.transpose(P, [dims.index(k) for k in ("qkv", "d", "beta", "t")])
+    order = [dims.index(k) for k in ("qkv", "d", "beta", "t")]
+    P, err = np.transpose(P, order), np.transpose(err, order)
     ds, betas, t = c["d"], c["beta"], c["t"]
     panels = [(i, j) for i in range(len(kinds)) for j in range(len(ds))]
     # one row per Q, K, V kind; a single kind wraps into two columns, so the figure stays near 4:3
@@ -127,12 +143,17 @@ def plot(study_file: Path, figure: Path) -> Path:
         if kind == "identity":
             keep = curve <= t.max()
             ax.plot(curve[keep], fine[keep], color="k", lw=1.2, label="$g_\\beta(t) = 1-\\delta$")
+        for it in _marked_times(t):  # where P crosses 1/2, with its standard error over the starts
+            b, se = half_crossing(betas, P[i, j, :, it], err[i, j, :, it])
+            if np.isfinite(b):
+                ax.errorbar(t[it], b, yerr=se if np.isfinite(se) else None, fmt="o", ms=3.5, mfc="w", mec="k",
+                            ecolor="k", elinewidth=1, capsize=2, label="P = 1/2 (± SE)" if it == _marked_times(t)[0] else None)
         ax.set_title(f"d = {d}, Q,K,V: {kind}", fontsize=9)
         if k // ncols == nrows - 1 or k + ncols >= len(panels):
             ax.set_xlabel("t")
         if k % ncols == 0:
             ax.set_ylabel(r"$\beta$")
-    grid[0, 0].legend(loc="upper left", fontsize=7, framealpha=0.8)
+    grid[0, 0].legend(loc="upper left", fontsize=7, framealpha=0.8)  # the ODE curve and the crossings
     fig.colorbar(mesh, ax=grid[:, -1].tolist(), label=r"$P(t, \beta)$", shrink=0.9, pad=0.02, aspect=30)
     fig.suptitle(rf"SA phase diagram (GLPR Fig. 3/5), n = {n}: fraction of pairs with "
                  rf"$\langle x_i,x_j\rangle \geq 1-\delta$, $\delta$ = {delta:g}", fontsize=10)
@@ -200,9 +221,7 @@ def gallery_numbers(out: Path, name: str = "phase_diagram") -> list[dict]:
     c = st["coords"]
     fixed = json.loads(st["attrs"]["fixed_parameters"])
     n, delta = int(fixed["n"]), float(fixed["delta"])
-    k = dims.index("seed")
-    m = P.shape[k]
-    P, err = np.nanmean(P, axis=k), np.sqrt(np.nansum(err**2, axis=k)) / m  # the mean over seeds and its SE
+    P, err = _seed_mean(P, err, dims.index("seed"))
     dims = tuple(x for x in dims if x != "seed")
     if "qkv" not in dims:
         P, err, dims, kinds = P[None], err[None], ("qkv",) + dims, ["identity"]
@@ -214,8 +233,7 @@ def gallery_numbers(out: Path, name: str = "phase_diagram") -> list[dict]:
     rows = []
     for i, kind in enumerate(kinds):
         for j, d in enumerate(ds):
-            for tt in [v for v in (10.0, 20.0, 30.0) if v <= t.max() + 1e-9]:
-                it = int(np.argmin(np.abs(t - tt)))
+            for it in _marked_times(t):
                 beta, se = half_crossing(betas, P[i, j, :, it], err[i, j, :, it])
                 ref = None
                 if kind == "identity":
