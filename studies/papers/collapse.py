@@ -5,8 +5,8 @@ From uniform starts, the collapse time is the first time every pair satisfies
 products follow the equiangular ODE g(t) from g(0) = 0 (GLPR Thm 6.8-6.9), so
 the collapse time approaches t*(beta, n) with g_beta(t*) = 1 - delta (black
 curves); in low dimension metastable multi-cluster states delay collapse, in
-the extreme beyond t_max (not collapsed: left out of the medians, counted in
-the figure).
+the extreme beyond t_max (not collapsed: counted as later than t_max in the
+medians, which end where half the systems never collapse, and counted in the figure).
 
 Sizes: ``full`` = studies/papers/collapse.toml (n in {8, 32, 64}, d in
 {3, 8, 32, 128}, 24 betas in [0.25, 6], 32 systems per point, t_max = 100:
@@ -32,7 +32,7 @@ from studies.papers.common import study_main, study_spec, sweep_and_merge
 from studies.sweep import load_study
 from studies.sweep.tasks import register_task
 
-__all__ = ["run", "plot", "collapse"]
+__all__ = ["run", "plot", "collapse", "gallery_numbers"]
 
 _SIZES = {
     "smoke": {"sweep": {"seeds": 1}, "params": {"batch": 2, "t_max": 20.0, "n_save": 201, "backend": "numpy"},
@@ -52,7 +52,11 @@ def run(out: Path, size: str = "full", executor=None, progress: bool = True) -> 
 
 
 def plot(study_file: Path, figure: Path) -> Path:
-    """Median collapse time (IQR band) vs beta, one panel per n, one line per d, ODE curve in black."""
+    """Median collapse time (bootstrap SE bars, IQR band) vs beta, one panel per n, one line per d, ODE curve in black.
+
+    Systems not collapsed by t_max count as later than every collapsed one, so the median
+    is shown only where fewer than half never collapse (the same median as the gallery table).
+    """
     from matplotlib.figure import Figure
 
     st = load_study(study_file)
@@ -63,18 +67,25 @@ def plot(study_file: Path, figure: Path) -> Path:
     fixed = json.loads(st["attrs"]["fixed_parameters"])
     delta, t_max = float(fixed["delta"]), float(fixed["t_max"])
     fine = np.linspace(betas.min(), betas.max(), 200)
+    from studies.papers.gallery_stats import bootstrap_se, censored_median
+
     fig = Figure(figsize=(4.2 * len(ns), 3.8), layout="constrained")
     axes = fig.subplots(1, len(ns), squeeze=False, sharey=True)[0]
     for i, n in enumerate(ns):
         ax = axes[i]
         for j, d in enumerate(ds):
             x = T[i, j]
-            with np.errstate(all="ignore"):
-                med = np.nanmedian(x, axis=1)
-                lo, hi = np.nanpercentile(x, [25, 75], axis=1)
+            # not collapsed by t_max counts as later than t_max: the median and quartiles stay unbiased
+            # and end (NaN, a gap in the line) where half or a quarter of the systems never collapse
+            late = np.where(np.isnan(x), 2.0 * t_max, x)  # any value above t_max gives the same quartiles below it
+            med = censored_median(x, axis=1)
+            lo, hi = np.percentile(late, [25, 75], axis=1)
+            lo[lo > t_max] = np.nan
+            se = np.array([bootstrap_se(row, censored_median, n_boot=200) for row in x])
             never = np.mean(np.isnan(x), axis=1)
-            ax.plot(betas, med, "o-", ms=3, color=f"C{j}", label=f"d = {d}" + (f" ({never.mean():.0%} not collapsed)" if never.any() else ""))
-            ax.fill_between(betas, lo, hi, color=f"C{j}", alpha=0.2, lw=0)
+            ax.errorbar(betas, med, yerr=se, fmt="o-", ms=3, lw=1, elinewidth=0.8, capsize=1.5, color=f"C{j}",
+                        label=f"d = {d}" + (f" ({never.mean():.0%} not collapsed)" if never.any() else ""))
+            ax.fill_between(betas, lo, np.minimum(hi, t_max), color=f"C{j}", alpha=0.2, lw=0)
         ode = [equiangular_hitting_time(b, int(n), delta) for b in fine]
         ax.plot(fine, ode, color="k", lw=1.5, label=r"equiangular ODE: $g_\beta(t) = 1-\delta$")
         ax.axhline(t_max, color="gray", ls=":", lw=1)
@@ -83,11 +94,47 @@ def plot(study_file: Path, figure: Path) -> Path:
         ax.set_title(f"n = {n}", fontsize=10)
         ax.legend(fontsize=7)
     axes[0].set_ylabel(rf"collapse time (all pairs $\geq 1-{delta:g}$)")
-    fig.suptitle("SA collapse times from uniform starts (median, IQR)", fontsize=10)
+    fig.suptitle("SA collapse times from uniform starts (median ± bootstrap SE, IQR; not collapsed counts as > t_max)",
+                 fontsize=10)
     figure = Path(figure)
     fig.savefig(figure, dpi=120)
     return figure
 
+
+
+def gallery_numbers(out: Path) -> list[dict]:
+    """Median collapse times against the equiangular-ODE time t*(beta, n), for the gallery table.
+
+    Per n, the smallest and largest d at beta nearest 1, 3 and 5: the median over systems with
+    systems not collapsed by t_max counted as later than every collapsed one (so the median is
+    "—" once half have not collapsed; the figure's median leaves them out), its bootstrap
+    standard error, and t* with g_beta(t*) = 1 - delta (GLPR Thm 6.8-6.9: the high-d limit).
+    Then, per n at the smallest d, the first beta from which half the systems have not collapsed by t_max.
+    GLPR state no collapse times, so ``paper`` is None.
+    """
+    from studies.papers.gallery_stats import bootstrap_se, censored_median, nearest_index
+
+    st = load_study(Path(out) / "collapse.h5")
+    dims, T = st["vars"]["collapse_time"]
+    T = np.moveaxis(T, [dims.index("n"), dims.index("d"), dims.index("beta")], [0, 1, 2])
+    T = T.reshape(T.shape[0], T.shape[1], T.shape[2], -1)  # (n, d, beta, systems)
+    ns, ds, betas = st["coords"]["n"], st["coords"]["d"], st["coords"]["beta"]
+    fixed = json.loads(st["attrs"]["fixed_parameters"])
+    delta, t_max = float(fixed["delta"]), float(fixed["t_max"])
+    rows = []
+    for i, n in enumerate(ns):
+        for j in sorted({0, len(ds) - 1}):
+            for b in sorted({nearest_index(betas, v) for v in (1.0, 3.0, 5.0)}):
+                x = T[i, j, b]
+                rows.append({"quantity": "median collapse time", "where": f"n = {n}, d = {ds[j]}, β = {betas[b]:g}",
+                             "ours": float(censored_median(x)), "se": bootstrap_se(x, censored_median),
+                             "paper": None, "source": "GLPR Thm 6.8-6.9",
+                             "reference": f"equiangular ODE: {equiangular_hitting_time(float(betas[b]), int(n), delta):.3g}"})
+        late = np.nonzero(np.mean(np.isnan(T[i, 0]), axis=1) >= 0.5)[0]
+        rows.append({"quantity": f"first β with half not collapsed by t = {t_max:g}", "where": f"n = {n}, d = {ds[0]}",
+                     "ours": float(betas[late[0]]) if late.size else None, "se": None, "paper": None,
+                     "reference": None, "source": "GLPR Sec. 6 (metastability, low d)"})
+    return rows
 
 
 # ------------------------------------------------------------ sweep tasks

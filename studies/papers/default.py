@@ -23,7 +23,7 @@ from integrators.validation import ParameterError
 from studies.papers import phase_diagram
 from studies.papers.common import study_main
 
-__all__ = ["run", "NAME"]
+__all__ = ["run", "NAME", "gallery_numbers"]
 
 #: the file stem of this study's outputs at every size
 NAME = "default"
@@ -35,6 +35,11 @@ def run(out: Path, size: str = "default", executor: Any = None, progress: bool =
         raise ParameterError("size", "the default study has sizes smoke and default; the full phase diagram is "
                                      "`attnflow study phase-diagram --size full`")
     return phase_diagram.run(out, size, executor, progress, name=NAME)
+
+
+def gallery_numbers(out: Path) -> list[dict]:
+    """The phase diagram's gallery rows (:func:`studies.papers.phase_diagram.gallery_numbers`) from ``default.h5``."""
+    return phase_diagram.gallery_numbers(out, name=NAME)
 
 
 if __name__ == "__main__":

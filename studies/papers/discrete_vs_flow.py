@@ -52,7 +52,8 @@ from studies.sweep.devices import backend_device
 from studies.sweep.spec import SweepSpec
 from studies.sweep.tasks import register_task
 
-__all__ = ["run", "plot", "spec_for", "discrete_vs_flow_point", "discrete_P", "converged_flow_P", "largest_gap"]
+__all__ = ["run", "plot", "spec_for", "discrete_vs_flow_point", "discrete_P", "converged_flow_P", "largest_gap",
+           "gallery_numbers"]
 
 _SIZES = {
     "smoke": {"sweep": {"seeds": 1}, "params": {"n": 6, "batch": 3, "t_end": 3.0, "n_save": 7},
@@ -220,6 +221,23 @@ def largest_gap(study_file: Path) -> dict[str, dict]:
                          t=float(t[k[2]]))
         res[norm] = entry
     return res
+
+
+def gallery_numbers(out: Path) -> list[dict]:
+    """:func:`largest_gap` as gallery rows: per normalisation, the largest P_discrete - P_flow and the non-converged points.
+
+    GLPR show only the discrete scheme (their Fig. 3, the authors' code), so there is no
+    paper value for the gap.
+    """
+    rows = []
+    for norm, g in largest_gap(Path(out) / "discrete_vs_flow.h5").items():
+        where = f"{norm.upper()}, d = {g['d']}, β = {g['beta']:g}, t = {g['t']:g}" if g["d"] is not None else norm.upper()
+        rows.append({"quantity": "largest P_discrete - P_flow", "where": where, "ours": g["gap"], "se": g["gap_se"],
+                     "paper": None, "reference": None, "source": "GLPR Fig. 3 (authors' post-LN step h = 0.1)"})
+        rows.append({"quantity": "points whose flow did not converge", "where": f"{norm.upper()}, of {g['points']}",
+                     "ours": float(g["not_converged"]), "se": None, "paper": None, "reference": None,
+                     "source": "this study"})
+    return rows
 
 
 def plot(study_file: Path, figure: Path) -> Path:

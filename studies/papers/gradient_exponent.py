@@ -64,7 +64,7 @@ from particles.signalprop.readout import measure_readout_exponent
 from studies.papers.common import study_main
 from studies.papers.signalprop import H5Writer
 
-__all__ = ["SIZES", "StudySize", "finite_point", "on_zero_line", "plot", "run"]
+__all__ = ["SIZES", "StudySize", "finite_point", "on_zero_line", "plot", "run", "gallery_numbers"]
 
 SIGMA_B = 0.5
 ALPHA_RANGE = (0.02, 0.98)
@@ -252,6 +252,27 @@ def _summary(h5: Path, seconds: float) -> dict:
             entry["finite_max_dev_in_stderr"] = float(np.nanmax(np.abs(m - ref) / e))
             out["candidates"][name] = entry
     return out
+
+
+def gallery_numbers(out: Path) -> list[dict]:
+    """The summary's numbers as gallery rows (:mod:`studies.papers.gallery`).
+
+    Per candidate: its smallest value on the lambda_a = 0 line (the paper's claim, that
+    lambda_a and lambda_g vanish together at minimal test loss, needs 0 there) and the
+    largest deviation of the finite networks from the maps, with that deviation in
+    standard errors as the reference.
+    """
+    summary = _summary(Path(out) / "gradient_exponent.h5", float("nan"))
+    rows = []
+    for c in summary["candidates"].values():
+        rows.append({"quantity": f"smallest λ_g on the λ_a = 0 line: {c['label']}",
+                     "where": f"meets that line: {c['meets_lambda_a_zero_line']}", "ours": c["min_on_line"], "se": None,
+                     "paper": "0 (λ_a, λ_g vanish together)", "reference": None, "source": "Cowsik et al."})
+        rows.append({"quantity": f"largest |finite - map|: {c['label']}",
+                     "where": f"n = {summary['n']}, L = {summary['L']}", "ours": c["finite_max_abs_dev"], "se": None,
+                     "paper": None, "reference": f"{c['finite_max_dev_in_stderr']:.1f} standard errors",
+                     "source": "Cowsik et al. (maps)"})
+    return rows
 
 
 def plot(h5: Path, path: Path) -> Path:

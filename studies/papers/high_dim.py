@@ -30,7 +30,7 @@ from studies.papers.common import study_main, study_spec, sweep_and_merge
 from studies.sweep import load_study
 from studies.sweep.tasks import register_task
 
-__all__ = ["run", "plot", "high_dim"]
+__all__ = ["run", "plot", "high_dim", "gallery_numbers"]
 
 _SIZES = {
     "smoke": {"sweep": {"seeds": 1}, "params": {"batch": 2, "n_save": 7, "bins": 20, "backend": "numpy"},
@@ -98,9 +98,16 @@ def plot(study_file: Path, figure: Path) -> Path:
         ax = axes[k, 2]
         mid = mean.shape[-1] // 3
         spread = np.array([np.nanmean(std[j, k, :, mid]) for j in range(len(ds))])
-        dev = np.array([np.nanmean(np.max(np.abs(mean[j, k] - g[j, k]), axis=-1)) for j in range(len(ds))])
-        ax.loglog(ds, spread, "o-", label=f"sd at t = {t[-1, k, 0, mid]:.2g}")
-        ax.loglog(ds, dev, "s-", label=r"max$_t$ |mean - g(t)|")
+        devs = np.max(np.abs(mean[:, k] - g[:, k]), axis=-1)  # (d, seed)
+        dev = np.nanmean(devs, axis=1)
+        seeds = std.shape[2]
+        # standard errors over the seeds (each a batch of systems); none with one seed
+        se_sd = np.nanstd(std[:, k, :, mid], axis=1, ddof=1) / np.sqrt(seeds) if seeds > 1 else None
+        se_dev = np.nanstd(devs, axis=1, ddof=1) / np.sqrt(seeds) if seeds > 1 else None
+        ax.errorbar(ds, spread, yerr=se_sd, fmt="o-", capsize=2, label=f"sd at t = {t[-1, k, 0, mid]:.2g} (± SE)")
+        ax.errorbar(ds, dev, yerr=se_dev, fmt="s-", capsize=2, label=r"max$_t$ |mean - g(t)| (± SE)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
         ax.loglog(ds, spread[0] * np.sqrt(ds[0] / ds), "k:", label=r"$\propto d^{-1/2}$")
         ax.set_xticks(ds, [str(d) for d in ds], minor=False)
         ax.set_xticks([], minor=True)
@@ -112,6 +119,63 @@ def plot(study_file: Path, figure: Path) -> Path:
     fig.savefig(figure, dpi=120)
     return figure
 
+
+
+def _ks_to_normal(hist: np.ndarray, bins: np.ndarray, mean: float, sd: float) -> float:
+    """Largest |F_hist - Phi((x - mean) / sd)| over the bin edges (the histogram's CDF is exact there)."""
+    from scipy.stats import norm
+
+    width = bins[1] - bins[0]
+    edges = np.append(bins - 0.5 * width, bins[-1] + 0.5 * width)
+    cdf = np.concatenate([[0.0], np.cumsum(hist) * width])
+    return float(np.max(np.abs(cdf - norm.cdf(edges, loc=mean, scale=sd))))
+
+
+def gallery_numbers(out: Path) -> list[dict]:
+    """Pairwise inner products against the equiangular ODE (GLPR Thm 6.9), for the gallery table.
+
+    Per beta, at the figure's middle time t_m: the mean of <x_i, x_j> at the largest d against g(t_m);
+    max_t |mean - g(t)| at the smallest and largest d; the slope of log sd against log d
+    (Thm 6.9: fluctuations of order d^{-1/2}, slope -1/2); and the Kolmogorov-Smirnov distance
+    of the pair law at the largest d to N(g(t_m), sd^2) (0 if the pairs are Gaussian around
+    the ODE; at bin edges). Standard errors are over the seeds (each a batch of systems).
+    GLPR state no numbers here, so ``paper`` is None.
+    """
+    st = load_study(Path(out) / "high_dim.h5")
+    ds = st["coords"]["d"]
+    betas = st["vars"]["beta"][1]
+    t = _arrange(st, "t")
+    hist, bins = _arrange(st, "hist"), st["coords"]["bin"]
+    mean, std, g = _arrange(st, "ip_mean"), _arrange(st, "ip_std"), _arrange(st, "g_theory")
+    if t.ndim == 1:
+        t = np.broadcast_to(t, mean.shape)
+    seeds = mean.shape[2]
+
+    def se(x: np.ndarray) -> float | None:
+        return float(np.std(x, ddof=1) / np.sqrt(len(x))) if len(x) > 1 else None
+
+    mid = mean.shape[-1] // 3  # the figure's middle time
+    rows = []
+    for k, beta in enumerate(betas):
+        tm, gm = t[-1, k, 0, mid], g[-1, k, 0, mid]
+        where = f"β = {beta:g}, t = {tm:g}"
+        rows.append({"quantity": "mean ⟨x_i, x_j⟩", "where": f"{where}, d = {ds[-1]}", "ours": float(np.mean(mean[-1, k, :, mid])),
+                     "se": se(mean[-1, k, :, mid]), "paper": None, "reference": f"equiangular ODE g(t): {gm:.4g}",
+                     "source": "GLPR Thm 6.8 (eq. 6.9)"})
+        for j in sorted({0, len(ds) - 1}):
+            dev = np.max(np.abs(mean[j, k] - g[j, k]), axis=-1)  # (seed,)
+            rows.append({"quantity": "max_t |mean - g(t)|", "where": f"β = {beta:g}, d = {ds[j]}", "ours": float(np.mean(dev)),
+                         "se": se(dev), "paper": None, "reference": "→ 0 as d → ∞", "source": "GLPR Thm 6.9"})
+        if len(ds) > 1:
+            slopes = np.array([np.polyfit(np.log(ds), np.log(std[:, k, s, mid]), 1)[0] for s in range(seeds)])
+            rows.append({"quantity": "slope of log sd vs log d", "where": f"{where}, d = {ds[0]}..{ds[-1]}",
+                         "ours": float(np.mean(slopes)), "se": se(slopes), "paper": None,
+                         "reference": "d^(-1/2): -0.5", "source": "GLPR Thm 6.9"})
+        h = np.mean(hist[-1, k, :, mid], axis=0)
+        rows.append({"quantity": "KS distance to N(g(t), sd²)", "where": f"{where}, d = {ds[-1]}",
+                     "ours": _ks_to_normal(h, bins, gm, float(np.sqrt(np.mean(std[-1, k, :, mid] ** 2)))),
+                     "se": None, "paper": None, "reference": "0 for Gaussian pairs around g(t)", "source": "GLPR Thm 6.9"})
+    return rows
 
 
 # ------------------------------------------------------------ sweep tasks

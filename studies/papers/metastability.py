@@ -39,7 +39,7 @@ from studies.papers.common import study_main, study_spec, sweep_and_merge
 from studies.sweep import load_study
 from studies.sweep.tasks import register_task
 
-__all__ = ["run", "plot", "fit_merge_times", "trajectory", "two_caps"]
+__all__ = ["run", "plot", "fit_merge_times", "trajectory", "two_caps", "gallery_numbers"]
 
 _SIZES = {
     "smoke": (
@@ -145,8 +145,10 @@ def plot(traj_file: Path, caps_file: Path, fits: list[dict], figure: Path) -> Pa
     for k, fit in enumerate(fits):
         c = colors[k % 5]
         mean = np.nanmean(T[:, k], axis=1)
-        ax3.errorbar(cb, mean, yerr=np.nanstd(T[:, k], axis=1), fmt="o", color=c, ms=4,
-                     label=f"sim {fit['m1']}+{fit['m2']}")
+        count = np.sum(np.isfinite(T[:, k]), axis=1)
+        se = np.nanstd(T[:, k], axis=1, ddof=1) / np.sqrt(np.maximum(count, 1)) if T.shape[2] > 1 else None
+        ax3.errorbar(cb, mean, yerr=se, fmt="o", color=c, ms=4, capsize=2,
+                     label=f"sim {fit['m1']}+{fit['m2']} (mean ± SE)")
         ode = [two_cluster_merge_time(b, fit["m1"], fit["m2"], rho0, level) for b in fine]
         ax3.plot(fine, ode, color=c, lw=1, label="two-cluster ODE")
         if "slope_log_T" in fit:
@@ -162,6 +164,92 @@ def plot(traj_file: Path, caps_file: Path, fits: list[dict], figure: Path) -> Pa
     fig.savefig(figure, dpi=120)
     return figure
 
+
+
+#: GLPR Fig. 4 (d = 2, n = 32): the cluster counts it shows on t in [18, 30], as MODELS.md reads them
+_FIG4_CLUSTERS = {4.0: "about 2", 9.0: "about 3"}
+_PLATEAU = (18.0, 30.0)
+
+
+def _bessel_clusters(beta: float) -> int:
+    """argmax_k k^2 I_k(beta): the cluster count of the linearisation around the uniform law on the circle (MODELS.md)."""
+    from scipy.special import ive
+
+    k = np.arange(1, 200)
+    return int(k[np.argmax(k**2 * ive(k, beta))])  # ive = e^{-beta} I_k: same argmax, no overflow
+
+
+def gallery_numbers(out: Path) -> list[dict]:
+    """Plateau cluster counts and energies at d = 2 and merge times of two caps, for the gallery table.
+
+    Per beta, over t in [18, 30] (the window of GLPR Fig. 4) or the run's last third when it
+    ends earlier: the cluster count and the normalised energy, averaged over the window, then
+    mean and standard error over the starts; the count against Fig. 4's (``paper``) and the
+    linearisation's argmax_k k^2 I_k(beta), the energy against META's staircase level
+    sum_q (m_q/n)^2 of the same clusters. Per cap pair: the slope of log T against beta
+    (bootstrap SE over systems) against the two-cluster ODE's slope on the same betas and the
+    asymptote 1 - rho0, and the mean merge time at the largest beta against the ODE.
+    """
+    from studies.papers.gallery_stats import bootstrap_se
+
+    out = Path(out)
+    tr = load_study(out / "metastability.h5")
+    t, betas = tr["coords"]["t"], tr["coords"]["beta"]
+    dims = tr["vars"]["clusters"][0]
+
+    def arrange(a: np.ndarray) -> np.ndarray:  # -> (beta, t, systems)
+        a = np.moveaxis(a, [dims.index("beta"), dims.index("t")], [0, 1])
+        return a.reshape(a.shape[0], a.shape[1], -1)
+
+    cl, en, lv = (arrange(tr["vars"][k][1]).astype(float) for k in ("clusters", "energy", "level"))
+    fig4 = t.max() >= _PLATEAU[1]  # Fig. 4's counts hold on its window only
+    lo, hi = _PLATEAU if fig4 else (t.max() * 2 / 3, t.max())
+    win = (t >= lo - 1e-9) & (t <= hi + 1e-9)
+    where_t = f"t ∈ [{lo:.3g}, {hi:.3g}]"
+    fixed = json.loads(tr["attrs"]["fixed_parameters"])
+    label = f"d = {fixed.get('d', 2)}, n = {fixed.get('n', 32)}"
+    rows = []
+    for i, b in enumerate(betas):
+        c, e, lev = (np.mean(a[i, win], axis=0) for a in (cl, en, lv))  # (systems,)
+        m = len(c)
+        se = (lambda x: float(np.std(x, ddof=1) / np.sqrt(m))) if m > 1 else (lambda x: None)
+        rows.append({"quantity": f"clusters ({label})", "where": f"β = {b:g}, {where_t}", "ours": float(np.mean(c)),
+                     "se": se(c), "paper": _FIG4_CLUSTERS.get(float(b)) if fig4 else None,
+                     "reference": f"linearisation argmax_k k² I_k(β): {_bessel_clusters(float(b))}",
+                     "source": "GLPR Fig. 4"})
+        rows.append({"quantity": "energy plateau (1/n²) Σ e^{β(⟨x_i,x_j⟩-1)}", "where": f"β = {b:g}, {where_t}",
+                     "ours": float(np.mean(e)), "se": se(e), "paper": None,
+                     "reference": f"staircase Σ_q (m_q/n)² of the clusters: {np.mean(lev):.4g}", "source": "META"})
+
+    cs = load_study(out / "two_caps.h5")
+    cdims, T = cs["vars"]["merge_time"]
+    T = np.moveaxis(T, [cdims.index("beta"), cdims.index("caps")], [0, 1])
+    T = T.reshape(T.shape[0], T.shape[1], -1)  # (beta, caps, systems)
+    cb = cs["coords"]["beta"]
+    cf = json.loads(cs["attrs"]["fixed_parameters"])
+    rho0, level = float(cf["rho0"]), float(cf["level"])
+    m1, m2 = cs["vars"]["m1"][1], cs["vars"]["m2"][1]
+    for k in range(T.shape[1]):
+        pair = f"caps {m1[k]} + {m2[k]}, ρ0 = {rho0:g}"
+        ode = np.array([two_cluster_merge_time(float(b), int(m1[k]), int(m2[k]), rho0, level) for b in cb])
+
+        def slope(samples: np.ndarray) -> float:  # samples: (systems, beta)
+            with np.errstate(all="ignore"):
+                mean = np.nanmean(samples, axis=0)
+            ok = np.isfinite(mean) & (mean > 0)
+            return float(np.polyfit(cb[ok], np.log(mean[ok]), 1)[0]) if ok.sum() >= 2 else float("nan")
+
+        samples = T[:, k].T
+        rows.append({"quantity": "slope of log(merge time) vs β", "where": f"{pair}, β = {cb.min():g}..{cb.max():g}",
+                     "ours": slope(samples), "se": bootstrap_se(samples, slope), "paper": None,
+                     "reference": f"two-cluster ODE: {np.polyfit(cb, np.log(ode), 1)[0]:.3f}; asymptote 1 - ρ0 = {1 - rho0:g}",
+                     "source": "META, MODELS.md"})
+        last = T[-1, k][np.isfinite(T[-1, k])]
+        rows.append({"quantity": "mean merge time", "where": f"{pair}, β = {cb[-1]:g}",
+                     "ours": float(np.mean(last)) if last.size else None,
+                     "se": float(np.std(last, ddof=1) / np.sqrt(last.size)) if last.size > 1 else None,
+                     "paper": None, "reference": f"two-cluster ODE: {ode[-1]:.4g}", "source": "META, MODELS.md"})
+    return rows
 
 
 # ------------------------------------------------------------ sweep tasks

@@ -41,7 +41,7 @@ from studies.sweep import load_study
 from studies.sweep.spec import SweepSpec
 from studies.sweep.tasks import register_task
 
-__all__ = ["run", "plot", "spec_for", "phase_point"]
+__all__ = ["run", "plot", "spec_for", "phase_point", "gallery_numbers", "half_crossing", "ode_beta"]
 
 _SMOKE = {
     "sweep": {"seeds": 1},
@@ -92,8 +92,23 @@ def boundary(betas: np.ndarray, n: int, delta: float) -> np.ndarray:
     return np.array([equiangular_hitting_time(float(b), n, delta) for b in betas])
 
 
+def _seed_mean(P: np.ndarray, err: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """P averaged over the seeds and its standard error (the seeds' errors combined)."""
+    m = P.shape[axis]
+    return np.nanmean(P, axis=axis), np.sqrt(np.nansum(err**2, axis=axis)) / m
+
+
+def _marked_times(t: np.ndarray) -> list[int]:
+    """Indices of the saved times nearest 10, 20 and 30 that the run reaches: where crossings are read."""
+    return [int(np.argmin(np.abs(t - v))) for v in (10.0, 20.0, 30.0) if v <= t.max() + 1e-9]
+
+
 def plot(study_file: Path, figure: Path) -> Path:
-    """Heat maps of P(t, beta) (mean over seeds), one panel per (qkv, d), boundary curve over Q=K=V=I."""
+    """Heat maps of P(t, beta) (mean over seeds), one panel per (qkv, d), boundary curve over Q=K=V=I.
+
+    White dots: where P crosses 1/2 at t = 10, 20, 30 (:func:`half_crossing`), with their standard
+    errors over the starts as bars (the same numbers as the gallery table).
+    """
     from matplotlib.figure import Figure
 
     st = load_study(study_file)
@@ -101,13 +116,14 @@ def plot(study_file: Path, figure: Path) -> Path:
     c = st["coords"]
     fixed = json.loads(st["attrs"]["fixed_parameters"])
     n, delta = int(fixed["n"]), float(fixed["delta"])
-    P = np.nanmean(P, axis=dims.index("seed"))
+    P, err = _seed_mean(P, st["vars"]["P_err"][1], dims.index("seed"))
     dims = tuple(d for d in dims if d != "seed")
     if "qkv" not in dims:  # one row: the identity case
-        P, dims, kinds = P[None], ("qkv",) + dims, np.array(["identity"])
+        P, err, dims, kinds = P[None], err[None], ("qkv",) + dims, np.array(["identity"])
     else:
         kinds = c["qkv"]
-    P = np.transpose(P, [dims.index(k) for k in ("qkv", "d", "beta", "t")])
+    order = [dims.index(k) for k in ("qkv", "d", "beta", "t")]
+    P, err = np.transpose(P, order), np.transpose(err, order)
     ds, betas, t = c["d"], c["beta"], c["t"]
     panels = [(i, j) for i in range(len(kinds)) for j in range(len(ds))]
     # one row per Q, K, V kind; a single kind wraps into two columns, so the figure stays near 4:3
@@ -127,12 +143,17 @@ def plot(study_file: Path, figure: Path) -> Path:
         if kind == "identity":
             keep = curve <= t.max()
             ax.plot(curve[keep], fine[keep], color="k", lw=1.2, label="$g_\\beta(t) = 1-\\delta$")
+        for it in _marked_times(t):  # where P crosses 1/2, with its standard error over the starts
+            b, se = half_crossing(betas, P[i, j, :, it], err[i, j, :, it])
+            if np.isfinite(b):
+                ax.errorbar(t[it], b, yerr=se if np.isfinite(se) else None, fmt="o", ms=3.5, mfc="w", mec="k",
+                            ecolor="k", elinewidth=1, capsize=2, label="P = 1/2 (± SE)" if it == _marked_times(t)[0] else None)
         ax.set_title(f"d = {d}, Q,K,V: {kind}", fontsize=9)
         if k // ncols == nrows - 1 or k + ncols >= len(panels):
             ax.set_xlabel("t")
         if k % ncols == 0:
             ax.set_ylabel(r"$\beta$")
-    grid[0, 0].legend(loc="upper left", fontsize=7, framealpha=0.8)
+    grid[0, 0].legend(loc="upper left", fontsize=7, framealpha=0.8)  # the ODE curve and the crossings
     fig.colorbar(mesh, ax=grid[:, -1].tolist(), label=r"$P(t, \beta)$", shrink=0.9, pad=0.02, aspect=30)
     fig.suptitle(rf"SA phase diagram (GLPR Fig. 3/5), n = {n}: fraction of pairs with "
                  rf"$\langle x_i,x_j\rangle \geq 1-\delta$, $\delta$ = {delta:g}", fontsize=10)
@@ -140,6 +161,88 @@ def plot(study_file: Path, figure: Path) -> Path:
     fig.savefig(figure, dpi=130)
     return figure
 
+
+
+def half_crossing(betas: np.ndarray, P: np.ndarray, se: np.ndarray, n_boot: int = 200,
+                  seed: int = 0) -> tuple[float, float]:
+    """The beta where P(t, beta) falls through 1/2 at one t, and its standard error.
+
+    P decreases with beta (larger beta, slower collapse), but with few starts per point
+    it is noisy, so the crossing is read from the decreasing (isotonic) least-squares fit
+    of P with weights 1/se^2, interpolated linearly. The standard error is from a parametric
+    bootstrap: P + se Z refitted ``n_boot`` times (:func:`studies.papers.gallery_stats.bootstrap_se`'s
+    16-84% half width). NaN when the fit does not cross 1/2 inside the beta grid.
+    """
+    from scipy.optimize import isotonic_regression
+
+    from studies.papers.gallery_stats import first_crossing
+
+    se = np.where(np.isfinite(se), np.maximum(se, 0.01), 0.1)  # a floor: P = 1 exactly has se = 0
+
+    def cross(p: np.ndarray) -> float:
+        fit = isotonic_regression(p, weights=1.0 / se**2, increasing=False).x
+        if fit[0] < 0.5:
+            return float("nan")  # below 1/2 already at the smallest beta
+        return first_crossing(betas, 1.0 - fit, 0.5)  # 1 - fit rises through 1/2
+
+    value = cross(P)
+    rng = np.random.default_rng(seed)
+    boots = np.array([cross(np.clip(P + se * rng.standard_normal(P.shape), 0.0, 1.0)) for _ in range(n_boot)])
+    boots = np.where(np.isnan(boots), np.inf, boots)
+    with np.errstate(invalid="ignore"):
+        lo, hi = np.percentile(boots, [16, 84])
+    err = 0.5 * (hi - lo) if np.isfinite(lo) and np.isfinite(hi) else float("nan")
+    return value, float(err)
+
+
+def ode_beta(t: float, n: int, delta: float, betas: np.ndarray) -> float:
+    """The beta in [betas.min(), betas.max()] with equiangular-ODE time g_beta(t) = 1 - delta equal to t; NaN if none.
+
+    t*(beta) increases with beta (GLPR Thm 6.8, eq. 6.9), so this is the boundary of Fig. 3 read at t.
+    """
+    from studies.papers.gallery_stats import first_crossing
+
+    fine = np.linspace(betas.min(), betas.max(), 400)
+    curve = boundary(fine, n, delta)
+    return float("nan") if curve[0] > t else first_crossing(fine, curve, t)
+
+
+def gallery_numbers(out: Path, name: str = "phase_diagram") -> list[dict]:
+    """Where P(t, beta) crosses 1/2, per Q, K, V kind and d at t = 10, 20, 30, for the gallery table.
+
+    Against the beta at which the equiangular ODE reaches 1 - delta at t (the curve of
+    the figure; only for Q = K = V = I, where GLPR Thm 6.8-6.9 applies in high d). The
+    crossing and its standard error come from :func:`half_crossing`; "—" where P does not
+    cross 1/2 inside the beta grid. GLPR Fig. 3 and 5 state no numbers, so ``paper`` is None.
+    """
+    st = load_study(Path(out) / f"{name}.h5")
+    dims, P = st["vars"]["P"]
+    _, err = st["vars"]["P_err"]
+    c = st["coords"]
+    fixed = json.loads(st["attrs"]["fixed_parameters"])
+    n, delta = int(fixed["n"]), float(fixed["delta"])
+    P, err = _seed_mean(P, err, dims.index("seed"))
+    dims = tuple(x for x in dims if x != "seed")
+    if "qkv" not in dims:
+        P, err, dims, kinds = P[None], err[None], ("qkv",) + dims, ["identity"]
+    else:
+        kinds = list(c["qkv"])
+    order = [dims.index(x) for x in ("qkv", "d", "beta", "t")]
+    P, err = np.transpose(P, order), np.transpose(err, order)
+    ds, betas, t = c["d"], c["beta"], c["t"]
+    rows = []
+    for i, kind in enumerate(kinds):
+        for j, d in enumerate(ds):
+            for it in _marked_times(t):
+                beta, se = half_crossing(betas, P[i, j, :, it], err[i, j, :, it])
+                ref = None
+                if kind == "identity":
+                    b_ode = ode_beta(float(t[it]), n, delta, betas)
+                    ref = f"equiangular ODE: {b_ode:.3g}" if np.isfinite(b_ode) else "equiangular ODE: outside the grid"
+                rows.append({"quantity": "β where P crosses 1/2", "where": f"Q,K,V {kind}, d = {d}, t = {t[it]:g}",
+                             "ours": beta, "se": se, "paper": None, "reference": ref,
+                             "source": "GLPR Fig. 3" if kind == "identity" else "GLPR Fig. 5"})
+    return rows
 
 
 # ------------------------------------------------------------ sweep tasks
