@@ -46,8 +46,9 @@ import numpy as np
 from scipy import stats
 
 from studies.sweep.tasks import register_task
+from studies.papers.gallery_nets import cov_numbers as gallery_numbers  # the gallery table (issue 13)
 
-__all__ = ["SIZES", "CovStudySize", "plot", "run", "rho_law"]
+__all__ = ["gallery_numbers", "SIZES", "CovStudySize", "plot", "run", "rho_law"]
 
 
 @dataclass(frozen=True)

@@ -56,8 +56,9 @@ from particles.signalprop.measure import (
 )
 from particles.signalprop.states import simplex_tokens
 from integrators.validation import ParameterError, check_choice
+from studies.papers.gallery_nets import signalprop_numbers as gallery_numbers  # the gallery table (issue 13)
 
-__all__ = ["PHASE_POINT_DEFAULTS", "SIZES", "H5Writer", "StudySize", "main", "phase_point", "plot", "run"]
+__all__ = ["gallery_numbers", "PHASE_POINT_DEFAULTS", "SIZES", "H5Writer", "StudySize", "main", "phase_point", "plot", "run"]
 
 SIZES = ("smoke", "default", "full", "paper")
 SETTINGS = {

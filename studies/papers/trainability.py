@@ -52,8 +52,9 @@ from particles.signalprop import SignalPropParams, exponents
 from integrators.validation import ParameterError, check_choice, check_positive_int
 
 from studies.papers.signalprop import H5Writer
+from studies.papers.gallery_nets import trainability_numbers as gallery_numbers  # the gallery table (issue 13)
 
-__all__ = ["SIZES", "TASKS_SP", "main", "make_batch", "plot", "quadratic_r2", "run", "train_one"]
+__all__ = ["gallery_numbers", "SIZES", "TASKS_SP", "main", "make_batch", "plot", "quadratic_r2", "run", "train_one"]
 
 TASKS_SP = ("reverse", "modadd")
 SIZES = ("smoke", "default", "full", "paper")
