@@ -22,7 +22,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-__all__ = ["cov_numbers", "crossing", "ks_critical", "signalprop_numbers", "trainability_numbers", "var_se"]
+__all__ = ["cov_numbers", "crossing", "ks_critical", "seed_bootstrap_rms", "signalprop_numbers", "trainability_numbers",
+           "var_se"]
 
 #: two-sample KS statistic exceeded with probability 5% by sampling alone: c(0.05) sqrt((n + m) / (n m))
 _KS_C05 = 1.3580986393225505  # scipy.special.kolmogi(0.05)
@@ -151,6 +152,21 @@ def cov_numbers(out: Path) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------------ signalprop
+def seed_bootstrap_rms(c_finite: np.ndarray, c_map: np.ndarray, n_boot: int = 400, seed: int = 0) -> np.ndarray:
+    """Bootstrap over seeds of the RMS deviation sqrt(mean_(seed, layer) (c_finite - c_map)^2), per width.
+
+    ``c_finite``: (d, seed, layer); ``c_map``: (layer,). Returns (n_boot, d): each resample draws
+    the seeds with replacement independently at every width; empty with a single seed.
+    """
+    dev2 = (np.asarray(c_finite) - np.asarray(c_map)[None, None, :]) ** 2
+    widths, seeds = dev2.shape[:2]
+    if seeds < 2:
+        return np.empty((0, widths))
+    pick = np.random.default_rng(seed).integers(0, seeds, size=(n_boot, widths, seeds))
+    per_seed = dev2.mean(axis=2)  # (d, seed)
+    return np.sqrt(np.take_along_axis(per_seed[None], pick, axis=2).mean(axis=2))
+
+
 def _transition_rows(g: h5py.Group, key: str, targets: tuple[float, ...]) -> list[dict]:
     """Where ``key`` (lambda_a or lambda_g) changes sign along the plane's second axis, at the alphas nearest ``targets``."""
     from particles.signalprop import SignalPropParams
@@ -236,16 +252,10 @@ def signalprop_numbers(out: Path, alphas: tuple[float, ...] = (0.25, 0.5, 0.75),
         settings = json.loads(g.attrs["settings_json"])
         widths, c_fin, c_map = g["d"][()], g["c_finite"][()], g["c_map"][()]
         n_tok = int(f.attrs["size_n"])
-    rng = np.random.default_rng(0)
     seeds = c_fin.shape[2]
     for i, name in enumerate(names):
-        dev2 = (c_fin[i] - c_map[i][None, None, :]) ** 2  # (d, seed, layer)
-        slope = np.polyfit(np.log(widths), np.log(np.sqrt(dev2.mean(axis=(1, 2)))), 1)[0]
-        boot = []
-        for _ in range(n_boot if seeds > 1 else 0):
-            pick = rng.integers(0, seeds, size=(len(widths), seeds))
-            rms = np.sqrt(np.take_along_axis(dev2, pick[:, :, None], axis=1).mean(axis=(1, 2)))
-            boot.append(np.polyfit(np.log(widths), np.log(rms), 1)[0])
+        slope = np.polyfit(np.log(widths), np.log(np.sqrt(np.mean((c_fin[i] - c_map[i]) ** 2, axis=(1, 2)))), 1)[0]
+        boot = [np.polyfit(np.log(widths), np.log(r), 1)[0] for r in seed_bootstrap_rms(c_fin[i], c_map[i], n_boot)]
         rows.append(_row("log-log slope of the RMS deviation of c (finite - map) against d",
                          f"{name} setting {settings[name]}, d in {list(map(int, widths))}, {seeds} seeds, "
                          f"{c_fin.shape[-1] - 1} blocks, n = {n_tok}",
