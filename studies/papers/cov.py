@@ -13,8 +13,10 @@
 
 Output: ``cov_study.h5`` (groups ``law``, ``sde``, ``collapse``; named dimensions as HDF5
 dimension scales, so ``xarray.open_dataset(path, group="law", engine="h5netcdf")`` works) and
-figures ``cov_density.png`` (density of rho^{12}_T, finite networks over the SDE), ``cov_ks.png``
-(KS statistic vs n) and ``cov_collapse.png`` (mean rho vs layer).
+figures ``cov_density.png`` (density of rho^{12}_T, finite networks over the SDE, with each bin's
+standard error), ``cov_ks.png`` (KS statistic vs n, with the 5% critical value of sampling alone)
+and ``cov_collapse.png`` (mean rho vs layer, with its standard error over networks,
+``collapse/sem_rho``). :func:`gallery_numbers` summarises the file for the gallery.
 
 Sizes: ``full``: T = 0.75, gamma = 1/sqrt(8), tau0 = 1, rho0 = 0.2, m = 4 tokens, widths
 {50, 100, 200, 400, 800}, 4096 chain samples per width, 1024 plain-network samples at
