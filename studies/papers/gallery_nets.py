@@ -124,10 +124,9 @@ def cov_numbers(out: Path) -> list[dict]:
         r = rho[s][np.isfinite(rho[s])]
         label = f"{'exact chain' if kinds[s] == 'chain' else 'plain torch network'} n = {widths[s]}, depth {depths[s]}"
         n_net = r.size
-        n_v = int(np.isfinite(v11[s]).sum())
-        rows.append(_row("KS statistic of V^11_T, network vs SDE", f"{label}; {n_v} vs {int(np.isfinite(v11_sde).sum())} samples",
-                         ks_v[s], reference=f"5% critical value: {ks_critical(n_v, int(np.isfinite(v11_sde).sum())):.3f}",
-                         source=src))  # fmt: skip
+        n_v, n_v_sde = int(np.isfinite(v11[s]).sum()), int(np.isfinite(v11_sde).sum())
+        rows.append(_row("KS statistic of V^11_T, network vs SDE", f"{label}; {n_v} vs {n_v_sde} samples", ks_v[s],
+                         reference=f"5% critical value: {ks_critical(n_v, n_v_sde):.3f}", source=src))
         rows.append(_row("mean of rho^12_T", label, r.mean(), r.std(ddof=1) / math.sqrt(n_net),
                          reference=f"SDE (dt = {dt:g}): {sde_mean:.4f} +- {sde_mean_se:.4f}", source=src))
         rows.append(_row("variance of rho^12_T", label, r.var(ddof=1), var_se(r),
