@@ -13,8 +13,10 @@
 
 Output: ``cov_study.h5`` (groups ``law``, ``sde``, ``collapse``; named dimensions as HDF5
 dimension scales, so ``xarray.open_dataset(path, group="law", engine="h5netcdf")`` works) and
-figures ``cov_density.png`` (density of rho^{12}_T, finite networks over the SDE), ``cov_ks.png``
-(KS statistic vs n) and ``cov_collapse.png`` (mean rho vs layer).
+figures ``cov_density.png`` (density of rho^{12}_T, finite networks over the SDE, with each bin's
+standard error), ``cov_ks.png`` (KS statistic vs n, with the 5% critical value of sampling alone)
+and ``cov_collapse.png`` (mean rho vs layer, with its standard error over networks,
+``collapse/sem_rho``). :func:`gallery_numbers` summarises the file for the gallery.
 
 Sizes: ``full``: T = 0.75, gamma = 1/sqrt(8), tau0 = 1, rho0 = 0.2, m = 4 tokens, widths
 {50, 100, 200, 400, 800}, 4096 chain samples per width, 1024 plain-network samples at
@@ -46,8 +48,10 @@ import numpy as np
 from scipy import stats
 
 from studies.sweep.tasks import register_task
+from studies.papers.gallery_nets import cov_numbers as gallery_numbers  # the gallery table (issue 13)
+from studies.papers.gallery_nets import ks_critical
 
-__all__ = ["SIZES", "CovStudySize", "plot", "run", "rho_law"]
+__all__ = ["gallery_numbers", "SIZES", "CovStudySize", "plot", "run", "rho_law"]
 
 
 @dataclass(frozen=True)
@@ -157,7 +161,7 @@ def run(out: Path, size: str = "full", executor=None, progress: bool = True) -> 
         if progress:
             print(f"cov study: {label} depth={depth}: KS(rho12)={k.statistic:.4f} ({walls[-1]:.1f} s)")
 
-    collapse = {}
+    collapse, collapse_sem = {}, {}
     archs = {
         "shaped": (FiniteWidthChain(ShapedTransformer(sz.collapse_n, sz.gamma, sz.tau0, layers="attention")),
                    sz.collapse_batch),
@@ -169,7 +173,9 @@ def run(out: Path, size: str = "full", executor=None, progress: bool = True) -> 
         res = sim.run(V0, sz.collapse_layers, seed=500 + j, batch=b)
         V = res.V
         R = V / np.sqrt(np.einsum("lbii,lbjj->lbij", V, V))
-        collapse[name] = R[:, :, iu[0], iu[1]].mean(axis=(1, 2))
+        per_net = R[:, :, iu[0], iu[1]].mean(axis=2)  # (layer, network): each network's mean correlation
+        collapse[name] = per_net.mean(axis=1)
+        collapse_sem[name] = per_net.std(axis=1, ddof=1) / np.sqrt(per_net.shape[1])
     layers = np.arange(sz.collapse_layers + 1)
 
     h5 = out / "cov_study.h5"
@@ -206,6 +212,8 @@ def run(out: Path, size: str = "full", executor=None, progress: bool = True) -> 
         g = f.create_group("collapse")
         cs = {"architecture": np.array([k.encode() for k in collapse]), "layer": layers}
         _put(g, "mean_rho", np.stack(list(collapse.values())), ("architecture", "layer"), cs)
+        _put(g, "sem_rho", np.stack(list(collapse_sem.values())), ("architecture", "layer"), cs)
+        g["sem_rho"].attrs["description"] = "standard error of mean_rho over the networks (each averaged over token pairs)"
     figs = plot(h5, out)
     return {"hdf5": [h5], "figure": figs}
 
@@ -221,6 +229,8 @@ def plot(study_file: Path, out: Path) -> list[Path]:
         rho, ks = law["rho12"][()], law["ks_rho12"][()]
         rho_sde = sde["rho12"][()]
         mean_rho = col["mean_rho"][()]
+        sem_rho = col["sem_rho"][()] if "sem_rho" in col else None  # files written before the SE was stored
+        n_sde = int(np.isfinite(rho_sde).sum())
         archs = [a.decode() for a in col["architecture"][()]]
         layers = col["layer"][()]
         T = json.loads(f.attrs["parameters_json"])["T"]
@@ -229,11 +239,17 @@ def plot(study_file: Path, out: Path) -> list[Path]:
     ax = fig.subplots()
     bins = np.linspace(-1, 1, 41)
     ax.hist(rho_sde, bins=bins, density=True, color="0.8", label="SDE")
-    for n, kind, r in zip(widths, kinds, rho):
-        ax.hist(r[np.isfinite(r)], bins=bins, density=True, histtype="step", label=f"{kind} n={n}")
+    centres, width = (bins[1:] + bins[:-1]) / 2, bins[1] - bins[0]
+    for i, (n, kind, r) in enumerate(zip(widths, kinds, rho)):
+        r = r[np.isfinite(r)]
+        dens, *_ = ax.hist(r, bins=bins, density=True, histtype="step", color=f"C{i}", label=f"{kind} n={n}")
+        # binomial standard error of each bin's density: sqrt(p (1 - p) / N) / bin width
+        p = dens * width
+        ax.errorbar(centres, dens, yerr=np.sqrt(p * (1 - p) / max(r.size, 1)) / width, fmt="none", ecolor=f"C{i}",
+                    elinewidth=0.6, alpha=0.6)
     ax.set_xlabel(r"$\rho^{12}_T$")
     ax.set_ylabel("density")
-    ax.set_title(f"output correlation at T = d/n = {T:g}")
+    ax.set_title(f"output correlation at T = d/n = {T:g} (bars: 1 standard error per bin)")
     ax.legend(fontsize=7)
     paths.append(out / "cov_density.png")
     fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
@@ -242,6 +258,10 @@ def plot(study_file: Path, out: Path) -> list[Path]:
     chain = np.array([k == "chain" for k in kinds])
     ax.loglog(widths[chain], ks[chain], "o-", label="exact chain")
     ax.loglog(widths[~chain], ks[~chain], "s", label="plain network")
+    # the KS statistic that sampling alone exceeds with probability 5%, for each comparison's sample sizes
+    crit = np.array([ks_critical(int(np.isfinite(r).sum()), n_sde) for r in rho])
+    ax.loglog(widths[chain], crit[chain], "k:", label="5% critical value (sampling alone)")
+    ax.loglog(widths[~chain], crit[~chain], "k_", ms=14, mew=1.5, label="5% critical value (plain network)")
     ax.set_xlabel("width n")
     ax.set_ylabel(r"KS statistic of $\rho^{12}_T$ vs SDE")
     ax.set_title("finite networks approach the SDE as the width grows", fontsize=10)
@@ -250,12 +270,15 @@ def plot(study_file: Path, out: Path) -> list[Path]:
     fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
-    for a, mr in zip(archs, mean_rho):
-        ax.plot(layers, mr, label=a)
+    for i, (a, mr) in enumerate(zip(archs, mean_rho)):
+        ax.plot(layers, mr, color=f"C{i}", label=a)
+        if sem_rho is not None:
+            ax.fill_between(layers, mr - sem_rho[i], mr + sem_rho[i], color=f"C{i}", alpha=0.3, lw=0)
     ax.set_xlabel("layer")
     ax.set_ylabel(r"mean $\rho$ (off-diagonal correlation)")
     ax.set_ylim(-0.05, 1.05)
-    ax.set_title("rank collapse: mean token correlation over depth,\nattention-only residual networks", fontsize=10)
+    band = ", band: 1 standard error over networks" if sem_rho is not None else ""
+    ax.set_title(f"rank collapse: mean token correlation over depth,\nattention-only residual networks{band}", fontsize=10)
     ax.legend()
     paths.append(out / "cov_collapse.png")
     fig.savefig(paths[-1], dpi=120, bbox_inches="tight")

@@ -56,8 +56,10 @@ from particles.signalprop.measure import (
 )
 from particles.signalprop.states import simplex_tokens
 from integrators.validation import ParameterError, check_choice
+from studies.papers.gallery_nets import seed_bootstrap_rms
+from studies.papers.gallery_nets import signalprop_numbers as gallery_numbers  # the gallery table (issue 13)
 
-__all__ = ["PHASE_POINT_DEFAULTS", "SIZES", "H5Writer", "StudySize", "main", "phase_point", "plot", "run"]
+__all__ = ["gallery_numbers", "PHASE_POINT_DEFAULTS", "SIZES", "H5Writer", "StudySize", "main", "phase_point", "plot", "run"]
 
 SIZES = ("smoke", "default", "full", "paper")
 SETTINGS = {
@@ -337,10 +339,15 @@ def plot(h5: Path, outdir: Path) -> list[Path]:
             ax.legend(fontsize=7)
         ax = axs[2]
         for i, name in enumerate(names):
-            ax.loglog(widths, g["rms_dev_c"][i], "o-", label=f"{name} (slope {g['loglog_slope'][i]:.2f})")
+            boot = seed_bootstrap_rms(g["c_finite"][i], g["c_map"][i])  # SE over seeds (bootstrap)
+            err = boot.std(axis=0, ddof=1) if len(boot) > 1 else None
+            ax.errorbar(widths, g["rms_dev_c"][i], yerr=err, fmt="o-", capsize=3,
+                        label=f"{name} (slope {g['loglog_slope'][i]:.2f})")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
         ref = g["rms_dev_c"][:, 0].max() * (widths / widths[0]) ** -0.5
         ax.loglog(widths, ref, "k:", label="d^{-1/2}")
-        ax.set(xlabel="d", ylabel="RMS deviation of c", title="finite networks -> map")
+        ax.set(xlabel="d", ylabel="RMS deviation of c", title="finite networks -> map\n(bars: standard error over seeds)")
         ax.set_xticks(widths, labels=[str(int(w)) for w in widths])
         ax.xaxis.set_minor_locator(__import__("matplotlib").ticker.NullLocator())
         ax.legend(fontsize=7)

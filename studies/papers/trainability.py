@@ -52,8 +52,9 @@ from particles.signalprop import SignalPropParams, exponents
 from integrators.validation import ParameterError, check_choice, check_positive_int
 
 from studies.papers.signalprop import H5Writer
+from studies.papers.gallery_nets import trainability_numbers as gallery_numbers  # the gallery table (issue 13)
 
-__all__ = ["SIZES", "TASKS_SP", "main", "make_batch", "plot", "quadratic_r2", "run", "train_one"]
+__all__ = ["gallery_numbers", "SIZES", "TASKS_SP", "main", "make_batch", "plot", "quadratic_r2", "run", "train_one"]
 
 TASKS_SP = ("reverse", "modadd")
 SIZES = ("smoke", "default", "full", "paper")
@@ -319,15 +320,20 @@ def plot(h5: Path, figure: Path) -> Path:
         r2, r2_loo = f.attrs["r2_quadratic"], f.attrs["r2_quadratic_loo"]
         basis = str(f.attrs.get("fit_basis", "quadratic"))
         ci = (float(f.attrs.get("r2_ci95_low", np.nan)), float(f.attrs.get("r2_ci95_high", np.nan)))
-        n_points = len(g["lambda_a"]) // max(int(f.attrs.get("seeds", 1)), 1)
+        seeds = max(int(f.attrs.get("seeds", 1)), 1)
+        n_points = len(g["lambda_a"]) // seeds
         task = f.attrs.get("task", "")
         vocab = f.attrs.get("vocab")
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
-    ax, ax2 = fig.subplots(1, 2)
-    sc = ax.scatter(la, lg, c=loss, cmap="viridis", s=60, edgecolors="k")
+    # a grid point's seeds share (lambda_a, lambda_g): show their mean, with its standard error on the right
+    per_point = loss.reshape(n_points, seeds)
+    mean_loss, pa, pg = per_point.mean(axis=1), la[::seeds], lg[::seeds]
+    se_loss = per_point.std(axis=1, ddof=1) / np.sqrt(seeds) if seeds > 1 else None
+    fig = Figure(figsize=(15, 4.2), layout="constrained")
+    ax, ax2, ax3 = fig.subplots(1, 3)
+    sc = ax.scatter(pa, pg, c=mean_loss, cmap="viridis", s=60, edgecolors="k")
     ax.axvline(0, color="k", lw=1)
     ax.axhline(0, color="k", lw=1, ls="--")
-    fig.colorbar(sc, ax=ax, label="final held-out loss")
+    fig.colorbar(sc, ax=ax, label="final held-out loss" + (f" (mean of {seeds} seeds)" if seeds > 1 else ""))
     ax.set(xlabel=r"$\lambda_a$ (angle exponent)", ylabel=r"$\lambda_g$ (gradient exponent)")
     ax.set_title(f"task {task}: {_fit_text(r2, r2_loo, n_points, basis, ci)}", fontsize=10)
     norm_loss = (loss - np.nanmin(loss)) / max(np.nanmax(loss) - np.nanmin(loss), 1e-12)
@@ -348,6 +354,12 @@ def plot(h5: Path, figure: Path) -> Path:
         handles.append(Line2D([], [], color="0.5", lw=1, ls="--", label=f"chance level log(vocab = {int(vocab)})"))
     ax2.legend(handles=handles, fontsize=7, loc="upper right")
     ax2.set(xlabel="Adam step", ylabel="held-out loss", title="held-out loss during training")
+    ax3.errorbar(np.hypot(pa, pg), mean_loss, yerr=se_loss, fmt="o", ms=4, capsize=2)
+    if vocab is not None:
+        ax3.axhline(np.log(float(vocab)), color="0.5", lw=1, ls="--")
+    bars = f"mean of {seeds} seeds +- 1 standard error" if seeds > 1 else "one seed: no standard error"
+    ax3.set(xlabel=r"$|(\lambda_a, \lambda_g)|$", ylabel="final held-out loss",
+            title=f"loss against the distance from (0, 0)\n({bars})")
     figure = Path(figure)
     fig.savefig(figure, dpi=120)
     return figure
