@@ -47,6 +47,11 @@ def sweep_and_merge(spec: SweepSpec, out: Path, executor: Any = None, progress: 
     store = Path(out) / "sweeps" / spec.name
     res = run_sweep(spec, store, executor=executor, resume=True, progress=progress)
     merged = merge_sweep(spec, store, Path(out) / f"{spec.name}.h5")
+    if merged.complete == 0:
+        from studies.errors import UserError
+
+        raise UserError(f"{spec.name}: no task finished ({merged.status}); see `attnflow sweep status {store}` "
+                        f"and the task logs in {store / 'logs'}")
     if res.failed or merged.complete < merged.total:
         print(f"warning: {spec.name}: {merged.status}; see `attnflow sweep status {store}`")
     return merged.path

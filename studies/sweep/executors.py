@@ -113,6 +113,19 @@ def _thread_env(n: int | None):
                 os.environ[v] = val
 
 
+def _spawn_all(pool: ProcessPoolExecutor, size: int) -> None:
+    """Start every worker now, inside the caller's thread-count environment.
+
+    A spawn-context pool starts its processes lazily, one per submit (the process starts, and
+    copies the environment, inside ``submit``); workers started by later submits would
+    inherit the coordinator's own environment, so numba and BLAS in them would size their
+    pools to every core before the initializer limits them. ``size`` no-op submits in a row
+    start ``size`` processes, since none is idle yet to take the next one.
+    """
+    for _ in range(size):
+        pool.submit(os.getpid)
+
+
 class LocalExecutor:
     """A pool of worker processes on this machine.
 
@@ -161,6 +174,7 @@ class LocalExecutor:
                     ctx = mp.get_context(self.start_method)
                     pool = ProcessPoolExecutor(max_workers=size, mp_context=ctx, initializer=init_worker,
                                                initargs=self._initargs(ctx))
+                    _spawn_all(pool, size)
                 while (queued or inflight) and not broken:
                     while queued and len(inflight) < 2 * size:
                         r = queued.popleft()

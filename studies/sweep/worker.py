@@ -83,6 +83,11 @@ def limit_threads(n: int | None) -> None:
     if "numba" in sys.modules:
         import numba
 
+        # Numba read NUMBA_NUM_THREADS when it was imported, and each compilation re-reads the
+        # environment: a different value there, once its pool is up, fails every later compile
+        # ("Cannot set NUMBA_NUM_THREADS ..."). Keep the variable at the pool size and limit
+        # the threads a kernel uses instead.
+        os.environ["NUMBA_NUM_THREADS"] = str(numba.config.NUMBA_NUM_THREADS)
         numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
     if "torch" in sys.modules:
         import torch
