@@ -26,8 +26,8 @@ n = 200, 16384 SDE paths at dt = 0.01 and 0.001; collapse at n = 200 over 150 la
 ``paper``: NOCI Fig. 1's n = 200, d = 150 (T = 0.75) among widths {50, 100, 200, 400}; the
 paper's token count and sample counts are not stated in our sources, so m = 4, 2048 chain
 samples, 512 plain-network samples at n = 200, 8192 SDE paths; rank collapse at n = 200 over
-150 layers. About 10 minutes on 2 cores, an estimate from timed fractions (the plain network
-at n = 200 dominates).
+150 layers. 7 minutes on 2 cores (419 s measured, with other work on the machine; the plain
+network at n = 200 dominates).
 ``smoke``: tiny (seconds; the tests run it).
 
 References

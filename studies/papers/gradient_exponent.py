@@ -97,6 +97,8 @@ SIZES = {
     "default": StudySize(n=256, depth=16, grid=32, finite_grid=2, d=256, batch=3, probes=1, burn_in=20,
                          table_samples=64),
 }  # fmt: skip
+# issue 13 item 4 names the sizes of public re-implementations (n = 256 tokens, L = 16 blocks): the default is that size
+SIZES["paper"] = SIZES["default"]
 
 
 def finite_point(params: SignalPropParams, sz: StudySize, seed: int) -> dict[str, float]:

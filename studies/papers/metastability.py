@@ -15,8 +15,8 @@ Sizes: ``full`` = the two spec files (3 x 8 x 8 trajectories to t = 100;
 45 s on 2 cores (measured); ``default``: t <= 40, fewer seeds, beta in [2, 14]
 (about a minute); ``paper``: GLPR Fig. 4's n = 32, d = 2, beta in {1, 4, 9} (plateaus over
 t in [18, 30]) and META's staircase to t = 100, with 8 x 64 starts per beta (the papers show
-single runs, so the count is our choice) and 4 seeds per cap pair: about 3 minutes on 2 cores,
-an estimate from timed tasks; ``smoke``: seconds.
+single runs, so the count is our choice) and 4 seeds per cap pair: 153 s on 2 cores
+(measured); ``smoke``: seconds.
 
 References
 ----------

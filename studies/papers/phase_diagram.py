@@ -14,10 +14,10 @@ Q, K, V, d in {2, 8, 32, 128}, 36 betas, 64 starts: about a minute); ``paper``: 
 grid (identity and random Q, K, V, d in {2, 8, 32, 128, 512, 1024} as MODELS.md lists them,
 beta = 0.1, ..., 9, t in [0, 30], n = 32, Euler dt = 0.1) with 6 starts per point instead of
 the authors' batches of 2048 (the count they average over is not stated in the sources we
-have), P with its standard error over the starts; about 21 minutes on 2 cores, an estimate
-from 12 timed tasks (one per (Q, K, V) kind and d); ``smoke``: seconds.
+have), P with its standard error over the starts; 10 minutes on 2 cores (594 s measured, from
+a cold numba cache); ``smoke``: seconds.
 
-Usage: ``attnflow study phase-diagram [--size full|default|smoke] --out DIR``
+Usage: ``attnflow study phase-diagram [--size full|default|paper|smoke] --out DIR``
 or ``python -m studies.papers.phase_diagram --smoke --out DIR``.
 
 References

@@ -37,36 +37,35 @@ class StudyEntry:
     outputs: tuple[str, ...]
 
 
-# Paper sizes (issue 13 item 1): estimates from timed tasks of each paper spec (a representative
-# fraction: one task per expensive axis value, on the shared 2-core VM under another developer's
-# benchmark load), summed over the spec's tasks and divided by 2 workers; see each module's docstring.
+# Paper sizes (issue 13 item 1): each measured end to end with `attnflow study NAME --size paper` on a
+# 2-core VM (2026-12-04), most of them while other developers' tests ran niced beside them, so
+# these are upper bounds; gradient-exponent's paper size is its default (n = 256, L = 16).
 # Smoke times measured with `attnflow study NAME --smoke --no-progress` on a shared 2-core VM
 # (cold numba cache excluded); the larger sizes come from the studies' docstrings and closing notes.
 STUDIES: dict[str, StudyEntry] = {
     "default": StudyEntry("studies.papers.default", "default", {"smoke": 6, "default": 180},
                           frozenset({"smoke", "default"}), ("default.h5", "default.png")),
-    "phase-diagram": StudyEntry("studies.papers.phase_diagram", "full", {"smoke": 6, "default": 180, "full": 2700, "paper": 1300},
-                                frozenset({"smoke", "default"}), ("phase_diagram.h5", "phase_diagram.png")),
-    "metastability": StudyEntry("studies.papers.metastability", "full", {"smoke": 8, "default": 75, "full": 45, "paper": 180},
-                                frozenset({"smoke", "default", "full"}), ("metastability.h5", "two_caps.h5", "metastability.png")),
+    "phase-diagram": StudyEntry("studies.papers.phase_diagram", "full", {"smoke": 6, "default": 180, "full": 2700, "paper": 594},
+                                frozenset({"smoke", "default", "paper"}), ("phase_diagram.h5", "phase_diagram.png")),
+    "metastability": StudyEntry("studies.papers.metastability", "full", {"smoke": 8, "default": 75, "full": 45, "paper": 153},
+                                frozenset({"smoke", "default", "full", "paper"}), ("metastability.h5", "two_caps.h5", "metastability.png")),
     "collapse": StudyEntry("studies.papers.collapse", "full", {"smoke": 5, "default": 20, "full": 110, "paper": 410},
                            frozenset({"smoke", "default", "full", "paper"}), ("collapse.h5", "collapse.png")),
     "high-dim": StudyEntry("studies.papers.high_dim", "full", {"smoke": 7, "default": 15, "full": 20, "paper": 240},
                            frozenset({"smoke", "default", "full", "paper"}), ("high_dim.h5", "high_dim.png")),
-    "cov": StudyEntry("studies.papers.cov", "full", {"smoke": 17, "default": 180, "full": 1800, "paper": 600},
-                      frozenset({"smoke"}), ("cov_study.h5", "cov_density.png", "cov_ks.png", "cov_collapse.png")),
-    "signalprop": StudyEntry("studies.papers.signalprop", "full", {"smoke": 5, "default": 150, "full": 900, "paper": 360},
-                             frozenset({"smoke"}),
+    "cov": StudyEntry("studies.papers.cov", "full", {"smoke": 17, "default": 180, "full": 1800, "paper": 419},
+                      frozenset({"smoke", "paper"}), ("cov_study.h5", "cov_density.png", "cov_ks.png", "cov_collapse.png")),
+    "signalprop": StudyEntry("studies.papers.signalprop", "full", {"smoke": 5, "default": 150, "full": 900, "paper": 694},
+                             frozenset({"smoke", "paper"}),
                              ("signalprop.h5", "signalprop_trajectories.png", "signalprop_phase.png")),
-    # trainability paper: 216 models x 150 steps against the measured full 72 x 300 (960 s), model-steps scaled
     "trainability": StudyEntry("studies.papers.trainability", "full",
-                               {"smoke": 15, "default": 90, "full": 960, "paper": 1440},
-                               frozenset({"smoke", "full"}), ("trainability.h5", "trainability.png")),
+                               {"smoke": 15, "default": 90, "full": 960, "paper": 822},
+                               frozenset({"smoke", "full", "paper"}), ("trainability.h5", "trainability.png")),
     "discrete-vs-flow": StudyEntry("studies.papers.discrete_vs_flow", "default",
-                                   {"smoke": 6, "default": 61, "paper": 1500}, frozenset({"smoke", "default"}),
+                                   {"smoke": 6, "default": 61, "paper": 535}, frozenset({"smoke", "default", "paper"}),
                                    ("discrete_vs_flow.h5", "discrete_vs_flow.png", "discrete_vs_flow.json")),
-    "gradient-exponent": StudyEntry("studies.papers.gradient_exponent", "default", {"smoke": 5, "default": 245},
-                                    frozenset({"smoke", "default"}),
+    "gradient-exponent": StudyEntry("studies.papers.gradient_exponent", "default", {"smoke": 5, "default": 245, "paper": 245},
+                                    frozenset({"smoke", "default", "paper"}),
                                     ("gradient_exponent.h5", "gradient_exponent.png", "gradient_exponent.json")),
 }  # fmt: skip
 

@@ -91,3 +91,27 @@ def test_signalprop_paper_size_first_point_runs():
         torch.set_num_threads(old)
     assert all(np.isfinite(v) for v in out.values())
     assert dataclasses.replace(sz, finite_batch=2).finite_d == sz.finite_d
+
+
+def test_trainability_paper_first_model_trains():
+    """The paper grid (3 seeds per point) and its first model, shortened to 3 Adam steps."""
+    from dataclasses import asdict, replace
+
+    from studies.papers.trainability import _SIZES, train_one
+
+    sz = _SIZES["paper"]
+    assert sz.seeds == 3 and len(sz.alphas) * len(sz.sigma_ws) * len(sz.sigma_bs) == 72
+    assert STUDIES["trainability"].seconds["paper"] <= 1800 and "paper" in STUDIES["trainability"].measured
+    short = replace(sz, steps=3, log_every=1, eval_size=32)
+    out = train_one(dict(size=asdict(short), task="reverse", alpha=sz.alphas[0], sigma_w=sz.sigma_ws[0],
+                         sigma_b=sz.sigma_bs[0], replica=0, seed=0))
+    assert not out["diverged"] and len(out["held_out_curve"]) == 4
+    assert np.all(np.isfinite(out["held_out_curve"])) and np.isfinite(out["final_loss"])
+
+
+def test_every_paper_size_is_listed_as_measured_within_30_minutes():
+    for name, entry in STUDIES.items():
+        if name == "default":
+            continue
+        assert "paper" in entry.seconds and entry.seconds["paper"] <= 1800, name
+        assert "paper" in entry.measured, name
