@@ -115,3 +115,23 @@ def test_every_paper_size_is_listed_as_measured_within_30_minutes():
             continue
         assert "paper" in entry.seconds and entry.seconds["paper"] <= 1800, name
         assert "paper" in entry.measured, name
+
+
+def test_gradient_exponent_paper_size_first_finite_point_runs():
+    """The paper size is n = 256 tokens and L = 16 blocks (issue 13 item 4); its first finite
+    point runs (one network, one probe, a short burn-in, so that it takes seconds)."""
+    from dataclasses import replace
+
+    from particles.signalprop import SignalPropParams
+    from studies.papers.gradient_exponent import CANDIDATES, SIZES, finite_point
+
+    sz = SIZES["paper"]
+    assert sz.n == 256 and sz.depth == 16 and STUDIES["gradient-exponent"].seconds["paper"] <= 1800
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        P = SignalPropParams(n=sz.n, alpha_A=0.3, alpha_M=0.3, sigma_w=1.5, sigma_b=0.5)
+        out = finite_point(P, replace(sz, batch=1, probes=1, burn_in=4), seed=1)
+    finally:
+        torch.set_num_threads(old)
+    assert all(np.isfinite(out[name]) for name in CANDIDATES)

@@ -116,7 +116,8 @@ def test_a_signal_stops_the_sweep_and_resume_gives_the_same_bytes(tmp_path, refe
 
 def test_a_second_run_on_a_locked_directory_is_refused(tmp_path):
     spec_file = tmp_path / "lock.toml"
-    spec_file.write_text(to_toml(SPEC | {"sweep": {**SPEC["sweep"], "name": "lock", "seeds": 2}}))
+    # 6 tasks of 1.2 s on one worker: the first run outlasts the second's start even on a loaded machine
+    spec_file.write_text(to_toml(SPEC | {"sweep": {**SPEC["sweep"], "name": "lock", "seeds": 2}, "params": {"seconds": 1.2}}))
     out = tmp_path / "out"
     first = subprocess.Popen(CLI + ["sweep", "run", str(spec_file), "--out", str(out), "--workers", "1", "--no-progress"],
                              start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
