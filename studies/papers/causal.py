@@ -19,6 +19,14 @@ tokens before it (tokens arrive in order). This study runs batches of uniform st
   ``TOL`` = 1e-3 (NaN if it never does by t_end); the collapse time is the last arrival;
 - which token arrives last, and whether the arrival times are nondecreasing in k.
 
+Answer (paper size, 256 starts per point, t to 60): token 1 never moves (largest drift
+7e-16 in both settings); at beta = 1 every start of every d collapses onto x_1(0) (median
+collapse time 13-14); at larger beta the collapse is metastable and slower: with Q = K = V = I
+54% of starts have collapsed by t = 60 at beta = 4 and none at beta = 9 (the tokens sit in
+metastable clusters longer than t = 60), with the random Q, K 98% and 65%. Token n arrives last
+in 91-95% of the collapsed starts; the arrival times are nondecreasing in k (ties on the save
+grid counted as in order) in 68-82% of them: a token that starts near x_1(0) may arrive early.
+
 Sizes: ``smoke`` (seconds, the tests), ``default`` (under a minute), ``paper`` (n = 32,
 d in {2, 3, 8, 32}, beta in {1, 4, 9}, 256 starts per point, t to 60; wall time in
 ``studies/papers/registry.py``). The numpy backend: for n = 32 it was the fastest on 2 cores
