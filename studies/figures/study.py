@@ -8,7 +8,7 @@
   side by side); a sweep of another task gets a generic figure: each measurement, mean
   over seeds, over its own axis or the first grid axis, and the tasks' completion;
 * a sweep shard: its measurements;
-* ``cov_study.h5``, ``signalprop.h5``, ``trainability.h5``: the study's figures
+* ``cov_study.h5``, ``signalprop.h5``, ``trainability.h5``, ``causal.h5``: the study's figures
   (several files are written next to ``--out`` as ``<stem>_<figure>.png``).
 """
 
@@ -144,8 +144,9 @@ def _own_study_file(path: Path, out: Path, kind: str) -> list[Path]:
     """A study's own figures, renamed ``<out stem>_<figure>`` next to ``out``."""
     name = kind.split(":", 1)[1]
     mod = importlib.import_module({"cov": "studies.papers.cov", "signalprop": "studies.papers.signalprop",
-                                   "trainability": "studies.papers.trainability"}[name])  # fmt: skip
-    if name == "trainability":
+                                   "trainability": "studies.papers.trainability",
+                                   "causal": "studies.papers.causal"}[name])  # fmt: skip
+    if name in ("trainability", "causal"):
         return [mod.plot(path, out)]
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         made = mod.plot(path, Path(tmp))

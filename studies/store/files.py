@@ -6,7 +6,8 @@ Kinds (:func:`file_kind`):
 * ``"shard"``  one sweep task's shard (``OUT/shards/ab/<task_id>.h5``, :mod:`studies.sweep.shards`);
 * ``"study"``  a merged sweep (``attnflow sweep merge``, ``attnflow study``; :mod:`studies.sweep.merge`):
                grid dimensions, ``seed``, measurements and ``task_*`` bookkeeping;
-* ``"study:NAME"`` a study's own file (``cov_study.h5``, ``signalprop.h5``, ``trainability.h5``);
+* ``"study:NAME"`` a study's own file (``cov_study.h5``, ``signalprop.h5``, ``trainability.h5``,
+               ``causal.h5``);
 * ``"hdf5"``   any other HDF5 file.
 """
 
@@ -42,8 +43,8 @@ def file_kind(f: h5py.File) -> str:
         return "shard"
     if "task" in a and "n_tasks" in a and "task_status" in f:
         return "study"
-    if _s(a.get("study", "")) == "cov":
-        return "study:cov"
+    if _s(a.get("study", "")) in ("cov", "causal"):
+        return "study:" + _s(a["study"])
     if "r2_quadratic" in a and "models" in f:
         return "study:trainability"
     if "trajectories" in f and "params_json" in a:
