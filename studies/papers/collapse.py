@@ -51,6 +51,17 @@ def run(out: Path, size: str = "full", executor=None, progress: bool = True) -> 
     return {"hdf5": [h5], "figure": [plot(h5, out / "collapse.png")]}
 
 
+def _collapse_times(study_file: Path):
+    """(T, ns, ds, betas, delta, t_max) of a merged collapse study, T of shape (n, d, beta, systems)."""
+    st = load_study(study_file)
+    dims, T = st["vars"]["collapse_time"]
+    T = np.moveaxis(T, [dims.index("n"), dims.index("d"), dims.index("beta")], [0, 1, 2])
+    T = T.reshape(T.shape[0], T.shape[1], T.shape[2], -1)
+    fixed = json.loads(st["attrs"]["fixed_parameters"])
+    return (T, st["coords"]["n"], st["coords"]["d"], st["coords"]["beta"], float(fixed["delta"]),
+            float(fixed["t_max"]))
+
+
 def plot(study_file: Path, figure: Path) -> Path:
     """Median collapse time (bootstrap SE bars, IQR band) vs beta, one panel per n, one line per d, ODE curve in black.
 
@@ -59,13 +70,7 @@ def plot(study_file: Path, figure: Path) -> Path:
     """
     from matplotlib.figure import Figure
 
-    st = load_study(study_file)
-    dims, T = st["vars"]["collapse_time"]
-    T = np.moveaxis(T, [dims.index("n"), dims.index("d"), dims.index("beta")], [0, 1, 2])
-    T = T.reshape(T.shape[0], T.shape[1], T.shape[2], -1)  # (n, d, beta, systems)
-    ns, ds, betas = st["coords"]["n"], st["coords"]["d"], st["coords"]["beta"]
-    fixed = json.loads(st["attrs"]["fixed_parameters"])
-    delta, t_max = float(fixed["delta"]), float(fixed["t_max"])
+    T, ns, ds, betas, delta, t_max = _collapse_times(study_file)
     fine = np.linspace(betas.min(), betas.max(), 200)
     from studies.papers.gallery_stats import bootstrap_se, censored_median
 
@@ -114,13 +119,7 @@ def gallery_numbers(out: Path) -> list[dict]:
     """
     from studies.papers.gallery_stats import bootstrap_se, censored_median, nearest_index
 
-    st = load_study(Path(out) / "collapse.h5")
-    dims, T = st["vars"]["collapse_time"]
-    T = np.moveaxis(T, [dims.index("n"), dims.index("d"), dims.index("beta")], [0, 1, 2])
-    T = T.reshape(T.shape[0], T.shape[1], T.shape[2], -1)  # (n, d, beta, systems)
-    ns, ds, betas = st["coords"]["n"], st["coords"]["d"], st["coords"]["beta"]
-    fixed = json.loads(st["attrs"]["fixed_parameters"])
-    delta, t_max = float(fixed["delta"]), float(fixed["t_max"])
+    T, ns, ds, betas, delta, t_max = _collapse_times(Path(out) / "collapse.h5")
     rows = []
     for i, n in enumerate(ns):
         for j in sorted({0, len(ds) - 1}):
