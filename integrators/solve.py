@@ -348,15 +348,14 @@ def solve(
                 h = (stop - t) / m
                 max_step = max(max_step, h)
                 t_seg = t
-                if not sde and not per_step:
+                if not sde and not per_step:  # nothing per step: the segment is one call
                     if n_steps + m > max_steps:
                         raise RuntimeError(f"max_steps={max_steps} exceeded at t={t_seg + (max_steps - n_steps + 1) * h}")
                     x = segments.run(t_seg, x, m, h)
                     n_steps += m
                     if bar is not None:
                         bar.update(stop - t_seg)
-                    t = stop
-                    m = 0
+                    m = 0  # skips the step-by-step loop below (noise, per-step exit checks)
                 for j in range(m):
                     tj = t_seg + j * h
                     t_next = stop if j == m - 1 else t_seg + (j + 1) * h  # exact at the saves
@@ -370,11 +369,8 @@ def solve(
                         continue
                     dw = be.asarray(noise(k_noise)) if noise is not None else None
                     k_noise += 1
-                    if fused is not None:
-                        x_new = fused(tj, x, h)
-                    else:
-                        x_new, _ = stepper.step(f, tj, x, h, space, g, dw)
-                        x_new = space.retract(x_new)
+                    x_new, _ = stepper.step(f, tj, x, h, space, g, dw)  # a fused step always runs as a segment
+                    x_new = space.retract(x_new)
                     if per_step:
                         x_new = exits.step(x, x_new, t_next)
                     x = x_new
