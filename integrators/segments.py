@@ -12,6 +12,12 @@ and a later segment has the same number of steps and the same step (``h`` equal 
 relative: a uniform save grid gives equal segments up to round-off in ``stop - t``).
 Everything else -- CPU tensors, time-dependent fields, SDEs (their increments are indexed
 per step), per-step exit checks -- runs the plain loop, step after step.
+
+A fused step that offers ``segment(t, x, h, k)`` (Euler + renormalise on Q = K = V = I: the
+Numba kernel, the CPU torch chunks, the Triton kernel) takes ``k`` steps per call: each system,
+or each cache-sized chunk of systems, takes all its steps while it sits in cache or on chip,
+instead of the whole state streaming through memory once per step (measured on the
+ensemble 2048 x 32 x 128: 1.3x faster with Numba on 2 cores).
 """
 
 from __future__ import annotations
@@ -31,7 +37,14 @@ class Segments:
     step : ``(t, x, h) -> x_new``, one step followed by the retraction (no host synchronisation).
     use_graph : capture segments (the caller checks: CUDA, an autonomous model, no per-step
         exit checks, no noise).
+
+    A step with a ``segment(t, x, h, k)`` method (the fused Euler steps) takes ``k`` steps per
+    call itself and is never captured.
     """
+
+    #: steps per call of a multi-step fused step: enough that streaming the state through
+    #: memory once per call is negligible, few enough that a call stays short
+    MAX_FUSED = 64
 
     def __init__(self, step: Callable, use_graph: bool) -> None:
         self.step = step
@@ -45,6 +58,16 @@ class Segments:
 
     def run(self, t: float, x, m: int, h: float):
         """The state after ``m`` steps of size ``h`` from ``(t, x)``."""
+        multi = getattr(self.step, "segment", None)
+        if multi is not None:
+            # a fused step that takes many steps per call (each system stays in cache, or on
+            # chip, between its steps); pieces of at most MAX_FUSED steps keep calls short
+            done = 0
+            while done < m:
+                k = min(self.MAX_FUSED, m - done)
+                x = multi(t + done * h, x, h, k)
+                done += k
+            return x
         if not self.use_graph:
             for j in range(m):
                 x = self.step(t + j * h, x, h)

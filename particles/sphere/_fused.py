@@ -118,24 +118,35 @@ def fused_step(model, stepper_name: str, backend):
 
 
 class NumbaEulerStep:
-    """Euler + retraction in one compiled pass per system (numpy arrays)."""
+    """Euler + retraction in one compiled pass per system (numpy arrays).
+
+    ``segment(t, x, dt, m)`` takes ``m`` steps with each system stepped ``m`` times while
+    it sits in cache (:class:`integrators.segments.Segments` calls it between saves).
+    """
 
     def __init__(self, model) -> None:
         self.model = model
         self._own = None
 
     def __call__(self, t: float, x: np.ndarray, dt: float) -> np.ndarray:
+        return self.segment(t, x, dt, 1)
+
+    def segment(self, t: float, x: np.ndarray, dt: float, m: int) -> np.ndarray:
         from particles.sphere._numba_kernels import SMALL_N, euler_step_numba
 
-        m = self.model
+        model = self.model
         if x.shape[1] > SMALL_N:
             # long sequences: the flash kernel's drift, then the same update
-            return m.space.retract(x + dt * m.numba_drift(t, x))
+            for j in range(m):
+                x = model.space.retract(x + dt * model.numba_drift(t + j * dt, x))
+            return x
         if x is not self._own:
             x = np.ascontiguousarray(x)
             if self._own is None or self._own.shape != x.shape or self._own.dtype != x.dtype:
                 self._own = _owned(self, x, lambda: np.empty_like(x))
-        return euler_step_numba(x, dt, m.beta, m.mode, m.causal, m.n_heads, m.projected, self._own)
+        return euler_step_numba(
+            x, dt, model.beta, model.mode, model.causal, model.n_heads, model.projected, self._own, steps=m
+        )
 
 
 _POOL: dict[int, object] = {}
@@ -198,6 +209,11 @@ class TorchEulerStep:
         return ws
 
     def __call__(self, t: float, x, dt: float):
+        return self.segment(t, x, dt, 1)
+
+    def segment(self, t: float, x, dt: float, m: int):
+        """The state after ``m`` steps; on the CPU each cache-sized chunk of systems takes
+        all ``m`` steps before the next chunk starts (the chunk stays in cache)."""
         import torch
 
         B, n, d = x.shape
@@ -206,24 +222,35 @@ class TorchEulerStep:
             # row-streamed drift instead (O(block * n) memory), same mathematics.
             from .geometry import sphere_retract
 
-            return sphere_retract(x + dt * self.model.drift(t, x))
-        out = self._target(x)
+            for j in range(m):
+                x = sphere_retract(x + dt * self.model.drift(t + j * dt, x))
+            return x
         mask = torch.tril(torch.ones(n, n, dtype=torch.bool, device=x.device)) if self.model.causal else None
         if x.device.type != "cpu":
-            self._chunk(x, out, float(dt), mask, None)
-            return out
+            for _ in range(m):
+                out = self._target(x)
+                self._chunk(x, out, float(dt), mask, None)
+                x = out
+            return x
+        # step k writes bufs[k % 2]; the second is x itself when x is ours (a chunk's rows
+        # of x are read only by that chunk's first step), else our other array
+        first = self._target(x)
+        bufs = (first, None if m == 1 else x if any(x is a for a in self._own) else self._target(first))
         step = max(1, self.CHUNK_BYTES // (n * d * x.element_size()))
         starts = range(0, B, step)
 
         def run(s):
-            xs = x[s : s + step]
-            self._chunk(xs, out[s : s + step], float(dt), mask, self._workspace(x, step))
+            src, ws = x[s : s + step], self._workspace(x, step)
+            for k in range(m):
+                dst = bufs[k % 2][s : s + step]
+                self._chunk(src, dst, float(dt), mask, ws)
+                src = dst
 
         threads = torch.get_num_threads()
         if threads == 1 or len(starts) == 1:
             for s in starts:
                 run(s)
-            return out
+            return bufs[(m - 1) % 2]
         # Chunks in parallel, each chunk's ops on one thread: torch's own intra-op threads
         # would meet at a barrier after every op (a dozen per chunk), and on a loaded
         # machine each barrier waits out a time slice of a preempted thread (measured:
@@ -235,7 +262,7 @@ class TorchEulerStep:
             list(pool.map(run, starts))
         finally:
             torch.set_num_threads(threads)
-        return out
+        return bufs[(m - 1) % 2]
 
     def _chunk(self, x, out, dt: float, mask, ws) -> None:
         """out = retract(x + dt f(x)) for a chunk of systems (``out`` does not overlap ``x``).

@@ -6,7 +6,8 @@ products are blocked 4 x 4: sixteen accumulators (or sixteen broadcast
 weights) stay in registers while the innermost loop runs over the contiguous
 feature axis, which LLVM vectorises. That reaches ~70 GFLOP/s per two cores on
 n = 32, d = 128, where a BLAS call per system reaches ~30 (call overhead and
-packing dominate at this size).
+packing dominate at this size). Each product asks for 512-bit vectors where the
+CPU has them (:func:`particles.sphere._numba_tools.wide_vectors`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from ._numba_tools import FASTMATH, fexp
+from ._numba_tools import FASTMATH, fexp, wide_vectors
 
 __all__ = ["gram_sym", "qk", "softmax_rows", "wv_add"]
 
@@ -71,6 +72,7 @@ def _block44(a, b, i, j, G, mirror):
 @nb.njit(fastmath=FASTMATH, cache=True)
 def gram_sym(x, G):
     """G = x x^T for x of shape (n, d); only the lower block triangle is computed."""
+    wide_vectors()
     n = x.shape[0]
     n4 = n - n % 4
     for i in range(0, n4, 4):
@@ -84,6 +86,7 @@ def gram_sym(x, G):
 @nb.njit(fastmath=FASTMATH, cache=True)
 def qk(q, k, G):
     """G = q k^T for q, k of shape (n, d_k)."""
+    wide_vectors()
     n = q.shape[0]
     n4 = n - n % 4
     for i in range(0, n4, 4):
@@ -130,6 +133,7 @@ def softmax_rows(G, beta, mode, causal, scale):
 @nb.njit(fastmath=FASTMATH, cache=True)
 def wv_add(W, v, out):
     """out += W v for W (n x n), v and out (n x d_v); blocked 4 rows x 4 keys."""
+    wide_vectors()
     n, dv = v.shape
     n4 = n - n % 4
     for i in range(0, n4, 4):

@@ -272,17 +272,22 @@ def _run_small(x, q, k, v, base, has_base, beta, mode, causal, scale, sym, proje
         )
 
 
-def euler_step_numba(x, dt: float, beta: float, mode: int, causal: bool, heads: int, projected: bool, out):
-    """One fused Euler step of the identity-parameter flow: out = retract(x + dt * field(x)).
+def euler_step_numba(
+    x, dt: float, beta: float, mode: int, causal: bool, heads: int, projected: bool, out, steps: int = 1
+):
+    """``steps`` fused Euler steps of the identity-parameter flow: out = retract(x + dt * field(x)).
 
     The field is the projected (``projected=True``) or raw attention term with
     Q = K = V = I and ``heads`` identical heads. ``out`` may be ``x`` itself (an
-    in-place step) but must not overlap it otherwise.
+    in-place step) but must not overlap it otherwise. With ``steps`` > 1 each
+    system takes all its steps before the next one starts (it stays in cache).
     """
     from ._numba_euler import euler_kernel
 
     # dynamic chunks of systems, as in _run_small
     per = max(1, x.shape[0] // (16 * nb.get_num_threads()))
     with nb.parallel_chunksize(1):
-        euler_kernel(x, float(beta), int(mode), bool(causal), float(heads), bool(projected), float(dt), per, out)
+        euler_kernel(
+            x, float(beta), int(mode), bool(causal), float(heads), bool(projected), float(dt), int(steps), per, out
+        )
     return out

@@ -14,6 +14,7 @@
   it by symbol name keeps ``cache=True`` working (a ctypes pointer would not),
   and it exposes what ``np.dot`` hides: leading dimensions (sub-blocks without
   copies), transposition flags, and ``C = alpha A B + beta C`` accumulation.
+* :func:`wide_vectors` -- marks a kernel for 512-bit vectors on AVX-512 CPUs.
 * :func:`blas_single_thread` -- kernels that call :data:`gemm` from ``prange``
   workers must run BLAS single-threaded, or each worker's GEMM spawns its own
   BLAS threads and the two pools fight over the cores (measured 2-3x slower).
@@ -34,7 +35,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-__all__ = ["FASTMATH", "blas_single_thread", "ensure_gemm", "fexp", "gemm"]
+__all__ = ["FASTMATH", "blas_single_thread", "ensure_gemm", "fexp", "gemm", "wide_vectors"]
 
 #: LLVM fast-math flags of every kernel: contraction into FMAs and
 #: reassociation (so reductions vectorise), but no "no-NaN"/"no-inf"
@@ -48,6 +49,31 @@ _LN2_HI = 6.93147180369123816490e-01
 _LN2_LO = 1.90821492927058770002e-10
 _EXP_MAX = 709.782712893384
 _EXP_MIN = -708.3964185322641  # log of the smallest normal double
+
+
+@intrinsic
+def wide_vectors(typingctx):
+    """Let LLVM vectorise the calling function with 512-bit registers where the CPU has them.
+
+    LLVM's tuning for AVX-512 CPUs prefers 256-bit vectors (the "prefer-256-bit"
+    feature, chosen because early AVX-512 parts lowered their clock under 512-bit
+    work); the per-system kernels are nothing but fused multiply-adds on rows of
+    d = 64 ... 256 numbers, which run 15% faster per system-step with 512-bit
+    vectors (measured on the ensemble 32 x 128 step, 13.2 -> 11.1 us on one core of
+    an AVX-512 Xeon). The call marks the LLVM function it is lowered into with
+    ``"prefer-vector-width"="512"``, the attribute clang's ``-mprefer-vector-width``
+    sets; on CPUs without AVX-512 the legal width (256 or 128) still caps it. A
+    Numba function compiled into a separate LLVM function (not inlined by Numba)
+    needs its own call: its loops are vectorised before they are linked.
+    """
+    sig = types.none()
+
+    def codegen(context, builder, signature, args):
+        # llvmlite's attribute set only admits names it knows; a string attribute goes in as is
+        set.add(builder.function.attributes, '"prefer-vector-width"="512"')
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @intrinsic

@@ -82,7 +82,8 @@ def euler_steps(model, x, dt: float, steps: int = 1, buf=None, block_m: int | No
 
 
 class TritonEulerStep:
-    """The fused step ``solve`` takes on CUDA: ``step(t, x, dt) -> retract(x + dt f(x))``, one launch.
+    """The fused step ``solve`` takes on CUDA: ``step(t, x, dt) -> retract(x + dt f(x))``, one launch;
+    ``segment(t, x, dt, m)``: ``m`` steps in one launch.
 
     Two scratch slots are kept and the result of a step is one of them; a step given back
     that result reads it and writes the other slot, so a run allocates its state once.
@@ -94,7 +95,11 @@ class TritonEulerStep:
         self._turn = 0
 
     def __call__(self, t: float, x, dt: float):
+        return self.segment(t, x, dt, 1)
+
+    def segment(self, t: float, x, dt: float, m: int):
+        """The state after ``m`` steps, in one launch (the state stays on chip between steps)."""
         self._turn ^= 1
-        out = euler_steps(self.model, x, dt, 1, self._buf[self._turn])
+        out = euler_steps(self.model, x, dt, m, self._buf[self._turn])
         self._buf[self._turn] = out._base if out._base is not None else out
         return out

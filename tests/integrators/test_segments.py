@@ -33,6 +33,30 @@ def test_segments_take_their_own_steps(use_graph):
     assert len(seg._blocks) == (3 if use_graph else 0)
 
 
+class _MultiShrink:
+    """A fused step that takes k steps per call, as the fused Euler steps do."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, t, x, h):
+        raise AssertionError("a step with segment() is called through it")
+
+    def segment(self, t, x, h, k):
+        self.calls.append((round(t, 12), k))
+        return x * (1 - h) ** k
+
+
+def test_multi_step_fused_steps_take_pieces_of_the_segment():
+    step = _MultiShrink()
+    seg = Segments(step, use_graph=True)  # never captured: it steps itself
+    x = seg.run(1.0, torch.ones(2, dtype=torch.float64), 150, 0.01)
+    np.testing.assert_allclose(x.numpy(), 0.99**150, rtol=1e-13)
+    M = Segments.MAX_FUSED
+    assert step.calls == [(1.0, M), (round(1.0 + M * 0.01, 12), M), (round(1.0 + 2 * M * 0.01, 12), 150 - 2 * M)]
+    assert seg.graphed is False and not seg._blocks
+
+
 def test_autonomy_is_what_the_parameters_say():
     I = np.eye(4)
     assert SelfAttention(beta=1.0).autonomous and SelfAttention(beta=1.0, V=-I).autonomous

@@ -3,9 +3,12 @@
 * the Numba Euler kernel (:mod:`particles.sphere._numba_euler`) against the general
   per-system kernel with its Euler epilogue, every normalisation, mask, head count,
   projected or not, n a multiple of the 4 x 4 blocks or not, in place or not;
+* several steps per call (each system stepped while in cache) against as many
+  one-step calls, out of place and in place;
 * the torch CPU step with its chunks spread over threads against the numpy reference
-  (the test makes the chunks small so that several run at once), and the caller's
-  torch thread count is restored.
+  (the test makes the chunks small so that several run at once; segments of 1, 3, 7
+  and 9 steps between saves, so the ping-pong arrays end on either one), and the
+  caller's torch thread count is restored.
 """
 
 from __future__ import annotations
@@ -46,6 +49,23 @@ def test_numba_euler_kernel_equals_general_kernel(n, mode):
                     assert np.max(np.abs(np.linalg.norm(y, axis=-1) - 1.0)) < 1e-14
 
 
+@pytest.mark.parametrize("mode", [0, 1, 2])
+def test_numba_euler_kernel_several_steps_equal_single_steps(mode):
+    from particles.sphere._numba_kernels import euler_step_numba
+
+    x = uniform_sphere(7, 13, 10, seed=mode)
+    for causal, projected in ((False, True), (True, True), (False, False)):
+        ref = x.copy()
+        for _ in range(5):
+            ref = euler_step_numba(ref, 0.02, 1.0, mode, causal, 2, projected, np.empty_like(ref))
+        assert np.all(np.isfinite(ref)) and np.max(np.abs(ref - x)) > 1e-3
+        out = euler_step_numba(x, 0.02, 1.0, mode, causal, 2, projected, np.empty_like(x), steps=5)
+        assert np.max(np.abs(out - ref)) < 1e-13
+        y = x.copy()
+        assert euler_step_numba(y, 0.02, 1.0, mode, causal, 2, projected, y, steps=5) is y
+        assert np.max(np.abs(y - ref)) < 1e-13
+
+
 def test_numba_euler_kernel_keeps_float32():
     from particles.sphere._numba_kernels import euler_step_numba
 
@@ -69,7 +89,7 @@ def test_torch_threaded_chunks_equal_numpy(monkeypatch, model):
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        kw = {"dt": 0.05, "method": "euler", "save_at": [0.0, 0.5, 1.0]}
+        kw = {"dt": 0.05, "method": "euler", "save_at": [0.0, 0.05, 0.2, 0.55, 1.0]}
         got = solve(model, x0, 1.0, backend="torch", **kw).x
         assert torch.get_num_threads() == 2  # restored after every step
     finally:

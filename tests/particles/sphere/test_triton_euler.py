@@ -61,6 +61,17 @@ def test_step_object_chains_one_launch_per_step():
     np.testing.assert_allclose(keep[-2].numpy(), _numpy_euler(model, x, 0.1, 3), rtol=0, atol=1e-12)
 
 
+def test_step_object_segments_take_several_steps_per_launch():
+    """``segment(t, x, dt, m)``: m steps in one launch, chained like single steps."""
+    model = SelfAttention(beta=2.0, normalization="usa")
+    x = uniform_sphere(batch=2, n=9, d=4, seed=2)
+    step = TritonEulerStep(model)
+    y = step.segment(0.0, torch.from_numpy(x), 0.1, 3)
+    z = step.segment(0.3, y, 0.1, 2)  # given its own result back: writes the other slot
+    np.testing.assert_allclose(y.numpy(), _numpy_euler(model, x, 0.1, 3), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(z.numpy(), _numpy_euler(model, x, 0.1, 5), rtol=0, atol=1e-12)
+
+
 def test_ineligible_model_and_bad_dtype_name_the_parameter():
     x = torch.from_numpy(uniform_sphere(batch=1, n=8, d=3, seed=0))
     with pytest.raises(ParameterError, match="model"):
