@@ -17,7 +17,7 @@ import numpy as np
 
 from ._numba_tools import FASTMATH, fexp, wide_vectors
 
-__all__ = ["gram_sym", "qk", "softmax_rows", "wv_add"]
+__all__ = ["gram_sym", "qk", "row_max", "softmax_rows", "wv_add"]
 
 
 @nb.njit(fastmath=FASTMATH, cache=True)
@@ -95,6 +95,42 @@ def qk(q, k, G):
     for i in range(n):
         for j in range(n4 if i < n4 else 0, n):
             G[i, j] = _dot(q[i], k[j])
+
+
+@nb.njit(fastmath=FASTMATH, cache=True, inline="always")
+def row_max(row, lim):
+    """max(row[:lim]) (-inf when lim = 0), NaN entries skipped.
+
+    Eight running maxima: a single one is a chain of dependent compare-selects that
+    LLVM does not vectorise (Numba's float ``max`` is not a reduction it recognises),
+    ~1 ns an entry; eight independent ones run ~4x faster. A NaN entry is skipped here
+    but not lost: the softmax that subtracts this maximum turns it into NaN weights.
+    """
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = -np.inf
+    c = 0
+    while c + 8 <= lim:
+        v0, v1, v2, v3 = row[c], row[c + 1], row[c + 2], row[c + 3]
+        v4, v5, v6, v7 = row[c + 4], row[c + 5], row[c + 6], row[c + 7]
+        m0 = v0 if v0 > m0 else m0
+        m1 = v1 if v1 > m1 else m1
+        m2 = v2 if v2 > m2 else m2
+        m3 = v3 if v3 > m3 else m3
+        m4 = v4 if v4 > m4 else m4
+        m5 = v5 if v5 > m5 else m5
+        m6 = v6 if v6 > m6 else m6
+        m7 = v7 if v7 > m7 else m7
+        c += 8
+    while c < lim:
+        v0 = row[c]
+        m0 = v0 if v0 > m0 else m0
+        c += 1
+    m0 = m1 if m1 > m0 else m0
+    m2 = m3 if m3 > m2 else m2
+    m4 = m5 if m5 > m4 else m4
+    m6 = m7 if m7 > m6 else m6
+    m0 = m2 if m2 > m0 else m0
+    m4 = m6 if m6 > m4 else m4
+    return m4 if m4 > m0 else m0
 
 
 @nb.njit(fastmath=FASTMATH, cache=True)

@@ -31,8 +31,8 @@ import math
 import numba as nb
 import numpy as np
 
-from particles.sphere._numba_blocks import gram_sym, qk, softmax_rows, wv_add
-from ._numba_tools import FASTMATH, blas_single_thread, fexp, gemm
+from particles.sphere._numba_blocks import gram_sym, qk, row_max, softmax_rows, wv_add
+from ._numba_tools import FASTMATH, blas_single_thread, fexp, gemm, wide_vectors
 
 __all__ = ["SMALL_N", "attention_numba", "euler_step_numba"]
 
@@ -110,6 +110,7 @@ def _flash_kernel(x, q, k, v, base, has_base, beta, mode, causal, scale, project
     nrb = (n + br - 1) // br
     shift = beta if mode == 2 else 0.0
     for task in nb.prange(B * nrb):
+        wide_vectors()
         b = task // nrb
         t = task - b * nrb
         # zig-zag over row blocks: under a causal mask row block ib costs ~ib;
@@ -159,9 +160,7 @@ def _flash_kernel(x, q, k, v, base, has_base, beta, mode, causal, scale, project
                         row[:] = 0.0
                         continue
                     if mode == 0:
-                        rm = -np.inf
-                        for c in range(lim):
-                            rm = max(rm, row[c])
+                        rm = row_max(row, lim)
                         if rm > mx[r]:
                             a = math.exp(mx[r] - rm)
                             z[r] *= a

@@ -251,3 +251,19 @@ def test_flow_benchmark_quick_writes_every_ratio(tmp_path):
     assert r["drift"]["max_abs_diff_numba_vs_dense"] < 1e-12
     assert r["ensemble"]["max_abs_diff_numba_vs_torch"] < 1e-10
     assert r["memory"]["finite"] and r["memory"]["extra_mb"] < 300
+
+
+def test_row_max_is_the_maximum_and_nan_still_reaches_the_field():
+    """The flash kernel's unrolled row maximum, every tail length; a NaN logit gives NaN weights."""
+    from particles.sphere._numba_blocks import row_max
+
+    rng = _rng(3)
+    for lim in range(0, 21):
+        row = rng.standard_normal(24)
+        row[lim:] = 1e9  # past lim: never read
+        assert row_max(row, lim) == (np.max(row[:lim]) if lim else -np.inf)
+    assert row_max(np.full(9, -np.inf), 9) == -np.inf
+    # a NaN state in a long sequence (flash kernel): the field of every token is NaN, not finite garbage
+    x = uniform_sphere(1, 600, 3, seed=2)
+    x[0, 17, 1] = np.nan
+    assert np.all(np.isnan(SelfAttention(beta=2.0).numba_drift(0.0, x)))
