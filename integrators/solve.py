@@ -241,7 +241,7 @@ def solve(
     saved_x: list[np.ndarray] = []
     saved_obs: dict[str, list[np.ndarray]] = {k: [] for k in obs_fns}
     saved_t: list[float] = []
-    last: dict[str, np.ndarray] = {}
+    last: dict = {}  # "x": the last frame; "shared": whether it is the live state's memory (see save)
 
     def save(tk: float, xk) -> str | None:
         """Store one save (exited paths masked); return why the run must stop, or None."""
@@ -275,8 +275,13 @@ def solve(
             xv = xn
         obs = {name: masked_observable(np.asarray(fn(xv, model)), exited) for name, fn in obs_fns.items()}
         frame = mask_exited(xn, exited)
-        if frame is xn:  # xn may share memory with the live state (fused steps update it in place)
-            frame = xn.copy()
+        # xn may share memory with the live state (fused steps update it in place): a kept
+        # frame is copied; without saved states only the last frame is kept, and it gets
+        # memory of its own once, when steps follow it or the run ends (detach_last)
+        shared = frame is xn
+        if shared and save_states:
+            frame, shared = xn.copy(), False
+        last["shared"] = shared
         saved_t.append(tk)
         if save_states and not streamed:
             saved_x.append(frame)
@@ -288,6 +293,15 @@ def solve(
                 exit_hook(exited, exit_time)
             writer.append(tk, frame if save_states else None, obs)
         return _stop_reason(tk, new, exited, exit_time)
+
+    def detach_last(at_end: bool) -> None:
+        """Give the last frame memory of its own if it shares the live state's (see save):
+        at the end a fused step may hand its state array over (``release``), else a copy."""
+        if not last.pop("shared", False):
+            return
+        release = getattr(fused, "release", None)
+        if not (at_end and release is not None and release(last["x"])):
+            last["x"] = last["x"].copy()
 
     def _stop_reason(tk: float, new: np.ndarray, exited: np.ndarray, exit_time: np.ndarray) -> str | None:
         if not sde and new.any() and exit_threshold is None:
@@ -325,6 +339,8 @@ def solve(
         for stop in stops:
             if failure is not None:
                 break
+            if i_save >= len(save_t):
+                detach_last(False)  # steps on past the last save
             if stepper.adaptive:
                 while t < stop - 1e-12 * max(1.0, abs(stop)):
                     h = min(h_try, stop - t)
@@ -384,6 +400,7 @@ def solve(
                 failure = save(save_t[i_save], x)
                 i_save += 1
         exits.read()  # exits after the last save (when it is before t_end) count too
+        detach_last(True)
         if failure is not None:
             status = f"failed: {failure}"
     except BaseException as exc:

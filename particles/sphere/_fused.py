@@ -98,8 +98,15 @@ def _owned(step, like, make):
     import weakref
 
     a = _STATES.take(like, make)
-    weakref.finalize(step, _STATES.give, a)
+    step.__dict__.setdefault("_to_pool", {})[id(a)] = weakref.finalize(step, _STATES.give, a)
     return a
+
+
+def _disown(step, a) -> None:
+    """``a`` no longer goes back to the pool when ``step`` is collected (the caller keeps it)."""
+    fin = step.__dict__.get("_to_pool", {}).pop(id(a), None)
+    if fin is not None:
+        fin.detach()
 
 
 def _eligible(model, stepper_name: str) -> bool:
@@ -121,7 +128,8 @@ class NumbaEulerStep:
     """Euler + retraction in one compiled pass per system (numpy arrays).
 
     ``segment(t, x, dt, m)`` takes ``m`` steps with each system stepped ``m`` times while
-    it sits in cache (:class:`integrators.segments.Segments` calls it between saves).
+    it sits in cache (:class:`integrators.segments.Segments` calls it between saves);
+    ``release(a)`` gives the state array to ``solve`` at the end of a run (no copy).
     """
 
     def __init__(self, model) -> None:
@@ -130,6 +138,15 @@ class NumbaEulerStep:
 
     def __call__(self, t: float, x: np.ndarray, dt: float) -> np.ndarray:
         return self.segment(t, x, dt, 1)
+
+    def release(self, a) -> bool:
+        """Hand ``a`` over to the caller if it is this step's state array: the step stops
+        updating it in place and it no longer goes back to the pool. False if not ours."""
+        if a is None or a is not self._own:
+            return False
+        _disown(self, a)
+        self._own = None
+        return True
 
     def segment(self, t: float, x: np.ndarray, dt: float, m: int) -> np.ndarray:
         from particles.sphere._numba_kernels import SMALL_N, euler_step_numba

@@ -283,8 +283,9 @@ def euler_step_numba(
     """
     from ._numba_euler import euler_kernel
 
-    # dynamic chunks of systems, as in _run_small
-    per = max(1, x.shape[0] // (16 * nb.get_num_threads()))
+    # dynamic chunks of systems, as in _run_small; with several steps a system is work
+    # enough for a chunk (measured: one system a chunk 10% faster than 64 at 64 steps)
+    per = max(1, x.shape[0] // (16 * nb.get_num_threads() * int(steps)))
     with nb.parallel_chunksize(1):
         euler_kernel(
             x, float(beta), int(mode), bool(causal), float(heads), bool(projected), float(dt), int(steps), per, out

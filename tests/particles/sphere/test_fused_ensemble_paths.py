@@ -120,3 +120,29 @@ def test_state_arrays_are_recycled_between_runs_never_shared():
     del b, c, y
     gc.collect()
     assert sum(_StatePool._nbytes(v) for _, v in _STATES._free) <= _StatePool.MAX_BYTES
+
+
+def test_last_frame_without_saved_states_is_the_last_save_and_stays_put(monkeypatch):
+    """save_states=False: the fused step updates its state in place and the frame of the last
+    save is not copied at every save; it must still be the state at the last save when steps
+    follow it, and must not change when a later run takes a state array from the pool."""
+    from particles.sphere._fused import _StatePool
+
+    monkeypatch.setattr(_StatePool, "MIN_BYTES", 0)  # pool these small states too
+    model = SelfAttention(beta=2.0)
+    x0 = uniform_sphere(4, 10, 5, seed=8)
+    kw = {"dt": 0.05, "method": "euler"}
+    # last save at t = 0.5, steps go on to t_end = 1.0
+    got = solve(model, x0, 1.0, backend="numba", save_at=[0.0, 0.25, 0.5], save_states=False, **kw)
+    ref = solve(model, x0, 0.5, backend="numpy", save_at=[0.0, 0.5], **kw).x[-1]
+    np.testing.assert_allclose(got.final, ref, rtol=0, atol=1e-13)
+    # the last save at t_end: the step's own array is handed over, not given back to the pool
+    a = solve(model, x0, 1.0, backend="numba", save_states=False, **kw)
+    kept = a.final.copy()
+    import gc
+
+    gc.collect()  # the first run's step is gone: a pooled state array would be free now
+    b = solve(model, uniform_sphere(4, 10, 5, seed=9), 1.0, backend="numba", save_states=False, **kw)
+    assert b.final is not a.final
+    np.testing.assert_array_equal(a.final, kept)
+    np.testing.assert_allclose(kept, solve(model, x0, 1.0, backend="numpy", **kw).final, rtol=0, atol=1e-13)
