@@ -97,3 +97,30 @@ def test_torch_exits_on_the_device_match_numpy_and_are_read_only_at_saves(monkey
     assert len(reads) == n_ref == 12
     fused = _blowups("torch")  # the fused torch step returns its flags on the device too
     assert np.array_equal(fused.exited, ref.exited)
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_bad_paths_are_the_non_finite_and_the_large_ones(kind):
+    """PathExits.bad: NaN, +inf and -inf anywhere in a path; with a threshold, |entry| above it
+    on either side; the empty state has no bad path. Same answer on numpy and torch."""
+    import torch
+
+    class _Backend:
+        name = kind
+        device = "cpu"
+
+    x = np.zeros((6, 3, 2))
+    x[1, 0, 0] = np.nan
+    x[2, 1, 1] = -np.inf
+    x[3, 2, 0] = -11.0
+    x[4, 0, 1] = np.inf
+    x[5, 2, 1] = 10.0  # at the threshold: not above it
+    arr = torch.from_numpy(x) if kind == "torch" else x
+
+    def bad(threshold, a):
+        return np.asarray(PathExits(_Backend, a.shape[0], threshold).bad(a)).tolist()
+
+    assert bad(None, arr) == [False, True, True, False, True, False]
+    assert bad(10.0, arr) == [False, True, True, True, True, False]
+    empty = torch.zeros((4, 0)) if kind == "torch" else np.zeros((4, 0))
+    assert bad(None, empty) == [False] * 4
