@@ -230,9 +230,10 @@ def signalprop_numbers(out: Path, alphas: tuple[float, ...] = (0.25, 0.5, 0.75),
     largest deviation of the finite-network lambda_a (against the maps) and lambda_g (against
     the maps' prediction over the same fit window) with its standard error; per setting of the
     trajectories the log-log slope of the RMS deviation of c against d (bootstrap standard error
-    over seeds; reference -1/2) and, for the ordered setting, the contraction of 1 - c per block
-    over the last blocks (finite networks at the largest d, standard error over seeds; the map's
-    and the closed form's e^{lambda_a} as reference: rank collapse).
+    over seeds; reference -1/2) and, for the ordered and the attention-only settings, the
+    contraction of 1 - c per block over the last blocks (finite networks at the largest d,
+    standard error over seeds; the map's and the closed form's e^{lambda_a} as reference: rank
+    collapse, with and without the MLP).
     """
     from particles.signalprop import SignalPropParams
     from particles.signalprop.exponents import angle_exponent
@@ -260,17 +261,18 @@ def signalprop_numbers(out: Path, alphas: tuple[float, ...] = (0.25, 0.5, 0.75),
                          f"{c_fin.shape[-1] - 1} blocks, n = {n_tok}",
                          slope, np.std(boot, ddof=1) if len(boot) > 1 else None,
                          reference="-1/2 (fluctuations of a width-d average)", source="COWSIK forward maps"))
-    if "ordered" in names:
-        i = names.index("ordered")
+    for name in (n for n in ("ordered", "attention-only") if n in names):  # the settings that collapse
+        i = names.index(name)
         k = max(1, min(5, (c_fin.shape[-1] - 1) // 2))
         gap = 1.0 - c_fin[i, -1]  # (seed, layer) at the largest d
         with np.errstate(divide="ignore", invalid="ignore"):
             per_seed = np.exp(np.log(gap[:, -1] / gap[:, -1 - k]) / k)  # geometric mean of the last k ratios
             map_rate = float(np.exp(np.log((1 - c_map[i, -1]) / (1 - c_map[i, -1 - k])) / k))
         per_seed = per_seed[np.isfinite(per_seed)]
-        lam = float(angle_exponent(SignalPropParams(n=n_tok, **settings["ordered"])))
-        rows.append(_row("contraction of 1 - c per block near collapse (rank collapse)",
-                         f"ordered setting {settings['ordered']}, blocks {c_fin.shape[-1] - 1 - k}..{c_fin.shape[-1] - 1}, "
+        lam = float(angle_exponent(SignalPropParams(n=n_tok, **settings[name])))
+        rows.append(_row("contraction of 1 - c per block near collapse (rank collapse"
+                         + (", no MLP)" if name == "attention-only" else ")"),
+                         f"{name} setting {settings[name]}, blocks {c_fin.shape[-1] - 1 - k}..{c_fin.shape[-1] - 1}, "
                          f"finite d = {int(widths[-1])}, {per_seed.size} seeds",
                          per_seed.mean() if per_seed.size else None,
                          per_seed.std(ddof=1) / math.sqrt(per_seed.size) if per_seed.size > 1 else None,

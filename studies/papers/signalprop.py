@@ -4,7 +4,8 @@ Two parts, one HDF5 file (``signalprop.h5``) and two figures:
 
 (a) ``trajectories``: c and q over 20 blocks from a regular simplex at c0 = 0.5, the
     large-width (q, p) map against finite random transformers (n = 16) at several
-    widths d and seeds, for an ordered and a chaotic setting; the RMS deviation vs d
+    widths d and seeds, for an ordered, a chaotic and an attention-only setting (no MLP:
+    COWSIK's rank collapse, 1 - c -> 0 geometrically); the RMS deviation vs d
     with its log-log slope (expected ~ -1/2, with a finite-n floor from the O(1)
     randomness of the attention matrix in the chaotic phase).
 (b) ``phase_alpha_sigma_w`` and ``phase_alpha_sigma_b``: lambda_a (angle exponent at
@@ -65,6 +66,8 @@ SIZES = ("smoke", "default", "full", "paper")
 SETTINGS = {
     "ordered": dict(alpha_A=0.5, alpha_M=0.5, sigma_w=1.0),
     "chaotic": dict(alpha_A=0.3, alpha_M=0.8, sigma_w=2.0),
+    # COWSIK's rank collapse without the MLP: 1 - c shrinks by e^lambda_a = 1 - alpha_A^2 a block
+    "attention-only": dict(alpha_A=0.5, alpha_M=0.0, sigma_w=1.0),
 }
 PLANES = {  # name -> (second axis, its range, fixed parameters)
     "phase_alpha_sigma_w": ("sigma_w", (0.1, 5.0), dict(sigma_b=0.5)),
@@ -324,9 +327,9 @@ def plot(h5: Path, outdir: Path) -> list[Path]:
     paths = []
     with h5py.File(h5, "r") as f:
         g = f["trajectories"]
-        fig = Figure(figsize=(11, 3.6), layout="constrained")
-        axs = fig.subplots(1, 3)
         names = [s.decode() for s in g["setting"][()]]
+        fig = Figure(figsize=(3.7 * (len(names) + 1), 3.6), layout="constrained")
+        axs = fig.subplots(1, len(names) + 1)
         widths = g["d"][()]
         for i, name in enumerate(names):
             ax = axs[i]
@@ -337,7 +340,7 @@ def plot(h5: Path, outdir: Path) -> list[Path]:
             ax.plot(g["layer"][()], g["c_map"][i], "k--", lw=2, label="map (d = inf)")
             ax.set(xlabel="block", ylabel="c = p / q", title=f"{name}: c through depth")
             ax.legend(fontsize=7)
-        ax = axs[2]
+        ax = axs[-1]
         for i, name in enumerate(names):
             boot = seed_bootstrap_rms(g["c_finite"][i], g["c_map"][i])  # SE over seeds (bootstrap)
             err = boot.std(axis=0, ddof=1) if len(boot) > 1 else None

@@ -192,11 +192,14 @@ def test_signalprop_deviation_slope_and_collapse_rows(smoke):
     assert len(dev) == 4 and all(r["ours"] is not None for r in dev)
     assert dev[0]["ours"] == pytest.approx(dev_a.flat[np.argmax(np.abs(dev_a))])
     slopes = [r for r in rows if "log-log slope" in r["quantity"]]
-    assert len(slopes) == 2 and all(r["se"] is not None and abs(r["ours"]) < 3 for r in slopes)  # 2 seeds: a bootstrap SE
-    rate = next(r for r in rows if "contraction" in r["quantity"])
-    e_lam = float(rate["reference"].split(":")[-1])
-    assert 0 < e_lam < 1 and 0 < rate["ours"] < 1  # ordered: 1 - c shrinks each block (rank collapse)
-    assert abs(rate["ours"] - e_lam) < 0.1
+    assert len(slopes) == 3 and all(r["se"] is not None and abs(r["ours"]) < 3 for r in slopes)  # 2 seeds: a bootstrap SE
+    rates = [r for r in rows if "contraction" in r["quantity"]]
+    assert [r["where"].split()[0] for r in rates] == ["ordered", "attention-only"]
+    for rate in rates:  # 1 - c shrinks each block (rank collapse), with and without the MLP
+        e_lam = float(rate["reference"].split(":")[-1])
+        assert 0 < e_lam < 1 and 0 < rate["ours"] < 1
+        assert abs(rate["ours"] - e_lam) < 0.1
+    assert float(rates[1]["reference"].split(":")[-1]) == pytest.approx(1 - 0.5**2)  # no MLP: 1 - alpha_A^2
 
 
 # ------------------------------------------------------------------------------------------------ trainability
