@@ -55,7 +55,7 @@ STUDIES: dict[str, StudyEntry] = {
                            frozenset({"smoke", "default", "full", "paper"}), ("high_dim.h5", "high_dim.png")),
     "cov": StudyEntry("studies.papers.cov", "full", {"smoke": 17, "default": 180, "full": 1800, "paper": 419},
                       frozenset({"smoke", "paper"}), ("cov_study.h5", "cov_density.png", "cov_ks.png", "cov_collapse.png")),
-    "signalprop": StudyEntry("studies.papers.signalprop", "full", {"smoke": 5, "default": 150, "full": 900, "paper": 694},
+    "signalprop": StudyEntry("studies.papers.signalprop", "full", {"smoke": 5, "default": 150, "full": 900, "paper": 249},
                              frozenset({"smoke", "paper"}),
                              ("signalprop.h5", "signalprop_trajectories.png", "signalprop_phase.png")),
     "trainability": StudyEntry("studies.papers.trainability", "full",

@@ -20,7 +20,7 @@ Sizes: ``smoke`` (seconds; the tests), ``default`` (about a minute), ``full``
 minutes on 2 cores), ``paper`` (the full grids, 16 seeds per width, 4 networks per
 finite point at d = 1024 for standard errors; Cowsik et al.'s token count, widths and
 network counts are not stated in the sources we have, so n = 16 and these counts are our
-choice; 12 minutes on 2 cores: 694 s measured, with other work on the machine).
+choice; 249 s measured on 2 cores, 694 s with other work on the machine).
 
 Usage: ``python -m studies.papers.signalprop [--smoke | --size S] [--out DIR]``.
 
