@@ -149,7 +149,7 @@ def _point(setting: str, d: int, beta: float, sz: StudySize, seed: int) -> tuple
 
 
 def _commit() -> str:
-    from studies.sweep.provenance import git_commit
+    from studies.provenance import git_commit
 
     return git_commit()
 

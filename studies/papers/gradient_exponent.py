@@ -219,7 +219,7 @@ def run(out: Path, size: str = "default", executor: Any = None, progress: bool =
 def _commit(stored: str) -> str:
     if stored not in ("", "none", "unknown"):
         return stored
-    from studies.sweep.provenance import git_commit
+    from studies.provenance import git_commit
 
     return git_commit()
 

@@ -119,7 +119,7 @@ class H5Writer:
             pkg = version("attnflow")
         except PackageNotFoundError:
             pkg = "unknown"
-        from studies.sweep.provenance import git_commit
+        from studies.provenance import git_commit
 
         commit = git_commit() or "none"
         attrs = {

@@ -47,7 +47,6 @@ import json
 import math
 import os
 import socket
-import subprocess
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -55,6 +54,7 @@ import h5py
 import numpy as np
 
 from integrators.validation import ParameterError, check_choice
+from studies.provenance import git_commit, package_version
 
 __all__ = ["RunWriter", "FORMAT_VERSION", "COMPRESSIONS"]
 
@@ -70,28 +70,6 @@ _RESERVED = (
     "attnflow_format", "model", "params_json", "seed", "integrator", "dt", "backend", "dtype", "device",
     "package_version", "git_commit", "created", "completed", "status", "state", "writer_pid", "writer_host", "n_saved",
 )  # fmt: skip
-
-
-def _package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("attnflow")
-    except PackageNotFoundError:
-        return "unknown"
-
-
-def git_commit() -> str | None:
-    """HEAD of the repository holding this package (+"-dirty" with local changes); None outside one."""
-    here = Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--"], cwd=here, capture_output=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return head + ("-dirty" if dirty.returncode == 1 else "")
 
 
 def _attr(value: Any):
@@ -204,8 +182,8 @@ class RunWriter:
             "backend": backend,
             "dtype": dtype,
             "device": str(device),
-            "package_version": _package_version(),
-            "git_commit": git_commit() or "unknown",
+            "package_version": package_version(),
+            "git_commit": git_commit(),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "status": "incomplete",
             "state": state_name,

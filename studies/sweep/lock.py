@@ -22,7 +22,7 @@ from pathlib import Path
 
 from studies.errors import SweepError
 
-from .provenance import hostname, utc_now
+from studies.provenance import hostname, utc_now
 from .shards import pid_alive
 
 __all__ = ["SweepLock", "LOCK_NAME"]

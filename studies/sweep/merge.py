@@ -31,7 +31,7 @@ import h5py
 import numpy as np
 
 from studies.sweep.plan import plan_tasks
-from studies.sweep.provenance import provenance
+from studies.provenance import provenance
 from studies.sweep.runner import SweepError, default_out, spec_summary
 from studies.sweep.shards import Store, _fsync_dir, _tmp_name, read_shard
 from studies.sweep.spec import SweepSpec

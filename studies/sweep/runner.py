@@ -23,7 +23,7 @@ from integrators.validation import ParameterError
 from studies.errors import SweepError, UserError  # noqa: F401  (SweepError is part of this module's API)
 
 from .plan import Task, plan_tasks
-from .provenance import hostname, utc_now
+from studies.provenance import hostname, utc_now
 from .shards import Store, atomic_write_text, pid_alive, read_shard
 from .spec import SweepSpec
 from .worker import TaskOutcome, TaskRun

@@ -31,7 +31,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .provenance import hostname, provenance
+from studies.provenance import hostname, provenance
 
 __all__ = ["Store", "Shard", "write_shard", "read_shard", "atomic_write_text", "SHARD_FORMAT"]
 

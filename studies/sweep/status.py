@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .plan import plan_tasks
-from .provenance import hostname
+from studies.provenance import hostname
 from .runner import default_out
 from .shards import Store, pid_alive, read_shard
 from .spec import SweepSpec

@@ -27,7 +27,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-from .provenance import hostname, provenance, utc_now
+from studies.provenance import hostname, provenance, utc_now
 from .shards import Store, read_shard, write_shard
 
 __all__ = ["TaskRun", "TaskOutcome", "execute_task", "record_failure", "record_interrupted", "limit_threads", "init_worker",

@@ -31,7 +31,7 @@ def package_version() -> str:
 @functools.cache
 def git_commit() -> str:
     """Commit hash of the source tree this package runs from, with ``-dirty`` if modified."""
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[1]
     try:
         head = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
