@@ -1,4 +1,4 @@
-"""Provenance recorded with every shard and study file (MODELS.md section 4).
+"""Provenance recorded with every shard, study file and run file (MODELS.md section 4).
 
 Package version, git commit of the source tree, host, process id and UTC
 timestamps. The git commit is looked up once per process and is ``"unknown"``
