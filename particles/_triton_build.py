@@ -98,7 +98,9 @@ def device_scalars(values: tuple[float, ...], like):
 
     Triton passes Python floats to kernels as float32; float64 kernels read their real
     parameters from this tensor instead. Caching it keeps the step loop free of host-to-device
-    copies (a solve calls the kernel with the same values at every step).
+    copies (a solve calls the kernel with the same values at every step); a new value set
+    (the step of the last segment differs by round-off, say) is copied from pinned memory
+    without waiting, so even then the step loop never synchronises with the host.
     """
     import torch
 
@@ -107,5 +109,13 @@ def device_scalars(values: tuple[float, ...], like):
     if t is None:
         if len(_SCALARS) > 256:  # a sweep over many (dt, beta): keep the cache small
             _SCALARS.clear()
-        t = _SCALARS[key] = torch.tensor(values, dtype=like.dtype, device=like.device)
+        host = torch.tensor(values, dtype=like.dtype)
+        if like.device.type == "cuda":
+            # torch.tensor(..., device="cuda") copies from pageable memory and waits for the copy
+            # (a synchronising call under set_sync_debug_mode("error")); the caching host
+            # allocator keeps the pinned block until the asynchronous copy has run
+            t = host.pin_memory().to(like.device, non_blocking=True)
+        else:
+            t = host.to(like.device)
+        _SCALARS[key] = t
     return t

@@ -92,15 +92,21 @@ class CudaEulerStep:
         self.field = cuda_drift(model)
 
     def __call__(self, t: float, x, dt: float):
+        return self.segment(t, x, dt, 1)
+
+    def segment(self, t: float, x, dt: float, m: int):
+        """``m`` steps (``solve`` calls this between saves): one Triton launch where the kernel
+        applies, else the fused torch step, else the field step by step."""
         from particles._triton_build import triton_available
         from ._triton_euler import eligible
 
         if x.dtype.is_floating_point and x.element_size() in (4, 8) and triton_available() and eligible(self.model, x):
-            return self.triton(t, x, dt)
+            return self.triton.segment(t, x, dt, m)
         if self.fallback is not None and x.shape[1] <= self.fallback.MAX_DENSE_N:
-            return self.fallback(t, x, dt)
-        y = x + dt * self.field(t, x)
-        return self.model.space.retract(y)
+            return self.fallback.segment(t, x, dt, m)
+        for j in range(m):
+            x = self.model.space.retract(x + dt * self.field(t + j * dt, x))
+        return x
 
 
 def cuda_fused_step(model, stepper_name: str, backend):

@@ -49,6 +49,23 @@ def test_cuda_euler_step_fallbacks_match_numpy(monkeypatch):
         np.testing.assert_allclose(y.numpy(), ref, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("path", ["fused-torch", "field"])
+def test_cuda_euler_segments_without_triton_take_all_their_steps(monkeypatch, path):
+    """``segment(t, x, dt, m)``, which solve calls between saves, on the two paths without the
+    Triton kernel (its own path: tests/particles/sphere/test_triton_euler.py): m steps, the numpy answer."""
+    from particles import _triton_build
+    from particles.sphere._fused import TorchEulerStep
+
+    monkeypatch.setattr(_triton_build, "triton_available", lambda: False)
+    model = SelfAttention(beta=2.0, normalization="usa", causal=True)
+    x = uniform_sphere(batch=2, n=9, d=4, seed=3)
+    ref = solve(model, x, 0.5, dt=0.1, method="euler", backend="numpy").final
+    step = CudaEulerStep(model, TorchEulerStep(model) if path == "fused-torch" else None)
+    y = step.segment(0.0, torch.from_numpy(x), 0.1, 3)
+    y = step.segment(0.3, y, 0.1, 2)
+    np.testing.assert_allclose(y.numpy(), ref, rtol=0, atol=1e-12)
+
+
 def test_device_saves_and_tensor_initial_state():
     model = SelfAttention(beta=1.5)
     x = uniform_sphere(batch=2, n=6, d=3, seed=3)

@@ -62,14 +62,18 @@ def test_step_object_chains_one_launch_per_step():
 
 
 def test_step_object_segments_take_several_steps_per_launch():
-    """``segment(t, x, dt, m)``: m steps in one launch, chained like single steps."""
+    """``segment(t, x, dt, m)``: m steps in one launch, chained like single steps; the CUDA
+    dispatcher solve gets (CudaEulerStep) hands its segments to it."""
+    from particles.sphere._cuda_dispatch import CudaEulerStep
+
     model = SelfAttention(beta=2.0, normalization="usa")
     x = uniform_sphere(batch=2, n=9, d=4, seed=2)
-    step = TritonEulerStep(model)
-    y = step.segment(0.0, torch.from_numpy(x), 0.1, 3)
-    z = step.segment(0.3, y, 0.1, 2)  # given its own result back: writes the other slot
-    np.testing.assert_allclose(y.numpy(), _numpy_euler(model, x, 0.1, 3), rtol=0, atol=1e-12)
-    np.testing.assert_allclose(z.numpy(), _numpy_euler(model, x, 0.1, 5), rtol=0, atol=1e-12)
+    for step in (TritonEulerStep(model), CudaEulerStep(model, None)):
+        y = step.segment(0.0, torch.from_numpy(x), 0.1, 3)
+        z = step.segment(0.3, y, 0.1, 2)  # given its own result back: writes the other slot
+        np.testing.assert_allclose(y.numpy(), _numpy_euler(model, x, 0.1, 3), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(z.numpy(), _numpy_euler(model, x, 0.1, 5), rtol=0, atol=1e-12)
+    assert step.triton._buf[0] is not None  # the dispatcher ran the Triton kernel
 
 
 def test_ineligible_model_and_bad_dtype_name_the_parameter():
