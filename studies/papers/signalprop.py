@@ -110,18 +110,13 @@ class H5Writer:
     """
 
     def __init__(self, path: Path, model: str, params: dict, seed: int, extra: dict | None = None):
-        from importlib.metadata import PackageNotFoundError, version
+        from studies.provenance import git_commit, package_version
 
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.f = h5py.File(self.path, "w")
-        try:
-            pkg = version("attnflow")
-        except PackageNotFoundError:
-            pkg = "unknown"
-        from studies.provenance import git_commit
-
-        commit = git_commit() or "none"
+        pkg = package_version()
+        commit = git_commit()
         attrs = {
             "model": model,
             "params_json": json.dumps(params, sort_keys=True, default=str),
